@@ -1,0 +1,123 @@
+"""Command line: ``python -m realtime_pipeline`` talks through the microphone and speaker,
+``--input turn.wav ... --output reply.wav`` through files (for machines without audio hardware)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from .audio import AudioFormatError
+from .conversation import DEFAULT_SYSTEM_PROMPT, Conversation, ResponseDone, ResponseInterrupted
+from .frames import TranscriptFinal
+from .io.device import AudioDeviceError, MicrophoneSource, SpeakerOutput
+from .io.outputs import AudioOutput, WavFileOutput
+from .io.sources import WavFileSource
+from .models import ModelNotFoundError, voice_model_file, voice_sample_rate_hz
+from .pipeline import Pipeline, StageError
+from .stage import Stage
+from .stages.asr import WhisperASR
+from .stages.llm import LlamaLLM
+from .stages.tts import PiperTTS
+from .stages.vad import VADSettings
+from .assistant import voice_pipeline
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime_pipeline",
+        description="A spoken conversation with a local assistant: microphone and speaker by default, "
+        "or WAV files with --input/--output.",
+    )
+    parser.add_argument("--input", action="append", metavar="WAV", help="a user turn (16-bit PCM mono WAV); repeat for more turns")
+    parser.add_argument("--output", metavar="WAV", help="write the spoken replies to this WAV file instead of the speaker")
+    parser.add_argument("--fast", action="store_true", help="feed --input files as fast as possible instead of in real time")
+    parser.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT)
+    parser.add_argument("--asr-model", metavar="DIR", help="faster-whisper model directory (default: embedded tiny.en)")
+    parser.add_argument("--llm-model", metavar="GGUF", help="llama.cpp model file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--voice", metavar="ONNX", help="Piper voice .onnx (default: embedded en_US-joe-medium)")
+    parser.add_argument("--silence-ms", type=int, default=VADSettings.silence_duration_ms, help="end-of-turn silence (ms)")
+    parser.add_argument("--max-tokens", type=int, default=120, help="longest reply, in tokens")
+    parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    return parser
+
+
+def build(args: argparse.Namespace) -> Pipeline:
+    if args.output and not args.input:
+        raise AudioFormatError("--output needs at least one --input file (without both, the microphone and speaker are used)")
+    source: Stage
+    output: AudioOutput
+    if args.input:
+        source = WavFileSource(args.input, realtime=not args.fast)
+        output_rate = voice_sample_rate_hz(voice_model_file(args.voice)[1])
+        if args.output:
+            output = WavFileOutput(args.output, output_rate, paced=not args.fast)
+        else:
+            output = SpeakerOutput(output_rate)
+    else:
+        source = MicrophoneSource()
+        output = SpeakerOutput(voice_sample_rate_hz(voice_model_file(args.voice)[1]))
+    conversation = Conversation(args.system_prompt, allow_interruptions=not args.no_interruptions)
+    return voice_pipeline(
+        source,
+        output,
+        vad=VADSettings(silence_duration_ms=args.silence_ms),
+        asr=WhisperASR(args.asr_model, cpu_threads=args.threads),
+        llm=LlamaLLM(args.llm_model, n_threads=args.threads, max_tokens=args.max_tokens),
+        tts=PiperTTS(args.voice, output_sample_rate_hz=output.sample_rate_hz),
+        conversation=conversation,
+    )
+
+
+def attach_printer(pipeline: Pipeline) -> None:
+    """Print each user transcript, each reply and its latency line as the conversation goes."""
+
+    def on_event(event: object) -> None:
+        if isinstance(event, TranscriptFinal) and event.text:
+            print(f"you: {event.text}", flush=True)
+        elif isinstance(event, ResponseDone):
+            print(f"assistant: {event.response.text.strip()}", flush=True)
+            print(f"  {pipeline.tracer.summary_line(event.response.turn_id)}", flush=True)
+        elif isinstance(event, ResponseInterrupted):
+            print(f"assistant (interrupted after {event.played_ms:.0f} ms): {event.heard_text}", flush=True)
+
+    pipeline.conversation.add_listener(on_event)
+
+
+async def converse(args: argparse.Namespace) -> None:
+    pipeline = build(args)
+    attach_printer(pipeline)
+    print("loading and warming up the models...", file=sys.stderr, flush=True)
+    try:
+        await pipeline.start()
+        print("listening" + ("" if args.input else " (Ctrl+C to stop)"), file=sys.stderr, flush=True)
+        await pipeline.run()
+    finally:
+        await pipeline.aclose()
+    if args.output:
+        print(f"replies written to {args.output}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        anyio.run(converse, args)
+    except StageError as error:
+        cause = error.error
+        if isinstance(cause, (AudioFormatError, ModelNotFoundError, AudioDeviceError)):
+            print(f"error: {cause}", file=sys.stderr)
+        else:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    except (AudioFormatError, ModelNotFoundError, AudioDeviceError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,216 @@
+"""Streaming ASR on faster-whisper, designed around Whisper's fixed cost per pass.
+
+A Whisper pass costs about the same whatever the clip length (it pads to 30 s),
+so this stage never queues passes behind each other:
+
+* partial transcripts while the user speaks, at most one pass in flight; a
+  newer request replaces an older one that has not started (skip, never lag);
+* the final transcript is started at :class:`SpeechPaused` — during the
+  end-of-turn silence — and reused at :class:`SpeechStopped` when no speech
+  came in between, so the turn's transcript is usually ready at commit time;
+* final passes always run, before any partial.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import numpy as np
+
+from .. import models
+from ..audio import INPUT_SAMPLE_RATE_HZ, AudioFormatError
+from ..frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
+from ..stage import Inbox, Outbox, Stage, StageContext
+from ..tracing import ASR_FINAL
+
+log = logging.getLogger(__name__)
+
+#: Whisper's window; longer partials only transcribe the most recent part.
+MAX_PARTIAL_S = 28
+
+
+@dataclass
+class _FinalJob:
+    turn_id: int
+    start_sample: int
+    end_sample: int
+    audio_start_ms: int
+    audio_end_ms: int
+    audio: np.ndarray
+    done: anyio.Event = field(default_factory=anyio.Event)
+    text: str | None = None
+
+
+@dataclass
+class _Stats:
+    partials_run: int = 0
+    partials_skipped: int = 0
+    finals_run: int = 0
+    early_finals_used: int = 0
+    early_finals_wasted: int = 0
+
+
+class WhisperASR(Stage):
+    name = "asr"
+
+    def __init__(
+        self,
+        model_dir: str | Path | None = None,
+        *,
+        cpu_threads: int = 2,
+        beam_size: int = 1,
+        language: str | None = "en",
+        partial_interval_ms: int | None = 1000,
+        tail_ms: int = 100,
+    ) -> None:
+        """``partial_interval_ms=None`` turns partial transcripts off (the final is never skipped).
+
+        ``tail_ms`` of the silence after the last voiced audio is kept in the
+        transcribed clip; Whisper is more accurate with a little trailing context.
+        """
+        self.model_dir = models.whisper_model_dir(model_dir)
+        self.cpu_threads = cpu_threads
+        self.beam_size = beam_size
+        self.language = language
+        self.partial_interval_ms = partial_interval_ms
+        self.tail_ms = tail_ms
+        self.stats = _Stats()
+        self._model = None
+
+    async def setup(self, ctx: StageContext) -> None:
+        if self._model is None:
+            self._model = await anyio.to_thread.run_sync(self._load)
+            await anyio.to_thread.run_sync(self.transcribe, np.zeros(INPUT_SAMPLE_RATE_HZ // 2, dtype=np.int16))
+
+    def _load(self):  # noqa: ANN202 - faster_whisper types are optional
+        from faster_whisper import WhisperModel
+
+        try:
+            return WhisperModel(str(self.model_dir), device="cpu", compute_type="int8", cpu_threads=self.cpu_threads)
+        except Exception as error:  # CTranslate2 raises RuntimeError for unreadable models
+            raise models.ModelNotFoundError(f"cannot load the ASR model in {self.model_dir}: {error}") from error
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        """One blocking Whisper pass over 16 kHz int16 mono audio (run it in a worker thread)."""
+        assert self._model is not None, "call setup() first"
+        audio = samples.astype(np.float32) / 32768.0
+        segments, _ = self._model.transcribe(
+            audio,
+            language=self.language,
+            beam_size=self.beam_size,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        words = []
+        for segment in segments:
+            if segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0:
+                continue  # Whisper's guess on silence or noise
+            words.append(segment.text.strip())
+        return " ".join(word for word in words if word)
+
+    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+        conversation, tracer = ctx.conversation, ctx.tracer
+        rate = INPUT_SAMPLE_RATE_HZ
+        tail = self.tail_ms * rate // 1000
+        keep_idle = rate * 2  # audio kept while nobody speaks (covers the prefix padding)
+        buffer = np.zeros(0, dtype=np.int16)
+        buffer_start = 0  # stream position of buffer[0]
+        turn: SpeechStarted | None = None
+        turn_start_sample = 0
+        last_partial_end = 0
+        early: _FinalJob | None = None
+        finals: list[_FinalJob] = []
+        partial_request: tuple[int, int, int] | None = None  # (turn id, start, end)
+        wake = anyio.Event()
+
+        def clip(start: int, end: int) -> np.ndarray:
+            return buffer[max(0, start - buffer_start) : max(0, end - buffer_start)]
+
+        async def worker() -> None:
+            nonlocal partial_request, wake
+            while True:
+                await wake.wait()
+                wake = anyio.Event()
+                while finals or partial_request:
+                    if finals:
+                        job = finals.pop(0)
+                        job.text = await anyio.to_thread.run_sync(self.transcribe, job.audio)
+                        self.stats.finals_run += 1
+                        job.done.set()
+                        continue
+                    turn_id, start, end = partial_request  # type: ignore[misc]
+                    partial_request = None
+                    audio = clip(max(start, end - MAX_PARTIAL_S * rate), end)
+                    text = await anyio.to_thread.run_sync(self.transcribe, audio)
+                    self.stats.partials_run += 1
+                    if turn is not None and turn.turn_id == turn_id and text:
+                        event = TranscriptPartial(turn_id, text)
+                        conversation.transcript_partial(event)
+                        await outbox.send(event)
+
+        def request_final(turn_id: int, end_ms: int) -> _FinalJob:
+            end = min(end_ms * rate // 1000 + tail, buffer_start + len(buffer))
+            audio_start_ms = turn.audio_start_ms if turn else 0
+            job = _FinalJob(turn_id, turn_start_sample, end, audio_start_ms, end_ms, clip(turn_start_sample, end))
+            finals.append(job)
+            wake.set()
+            return job
+
+        async def finish(job: _FinalJob) -> None:
+            await job.done.wait()
+            text = job.text or ""
+            tracer.stamp(job.turn_id, ASR_FINAL)
+            tracer.note(job.turn_id, "user", text)
+            event = TranscriptFinal(job.turn_id, text, job.audio_start_ms, job.audio_end_ms)
+            conversation.transcript_final(event)
+            await outbox.send(event)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(worker)
+            async with anyio.create_task_group() as finishers:
+                async for frame in inbox:
+                    if isinstance(frame, AudioFrame):
+                        if frame.sample_rate_hz != rate:
+                            raise AudioFormatError(f"ASR input at {frame.sample_rate_hz} Hz; it takes {rate} Hz")
+                        buffer = np.concatenate([buffer, frame.samples]) if buffer.size else frame.samples.copy()
+                        if turn is None and len(buffer) > keep_idle:
+                            buffer_start += len(buffer) - keep_idle
+                            buffer = buffer[-keep_idle:]
+                        elif turn is not None and self.partial_interval_ms and early is None:
+                            end = buffer_start + len(buffer)
+                            if end - last_partial_end >= self.partial_interval_ms * rate // 1000:
+                                if partial_request is not None:
+                                    self.stats.partials_skipped += 1
+                                partial_request = (turn.turn_id, turn_start_sample, end)
+                                last_partial_end = end
+                                wake.set()
+                        continue  # audio stops here: downstream stages need only the events
+                    if isinstance(frame, SpeechStarted):
+                        turn, early = frame, None
+                        turn_start_sample = max(buffer_start, frame.audio_start_ms * rate // 1000)
+                        last_partial_end = buffer_start + len(buffer)
+                    elif isinstance(frame, SpeechPaused) and turn is not None:
+                        if early is not None and early.audio_end_ms != frame.audio_end_ms:
+                            self.stats.early_finals_wasted += 1
+                            if early in finals:  # not started yet: don't spend a pass on it
+                                finals.remove(early)
+                        early = request_final(frame.turn_id, frame.audio_end_ms)
+                        partial_request = None
+                    elif isinstance(frame, SpeechStopped) and turn is not None:
+                        if early is not None and early.audio_end_ms == frame.audio_end_ms:
+                            self.stats.early_finals_used += 1
+                            job = early
+                        else:
+                            if early is not None:
+                                self.stats.early_finals_wasted += 1
+                            job = request_final(frame.turn_id, frame.audio_end_ms)
+                        turn, early, partial_request = None, None, None
+                        await outbox.send(frame)
+                        finishers.start_soon(finish, job)
+                        continue
+                    await outbox.send(frame)
+            group.cancel_scope.cancel()  # input over and every final sent: stop the idle worker

@@ -98,3 +98,22 @@ def rms_dbfs(samples: np.ndarray) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(np.square(samples.astype(np.float64)))))
     return 20.0 * np.log10(rms / 32768.0) if rms > 0 else float("-inf")
+
+
+def speech_level_dbfs(samples: np.ndarray, sample_rate_hz: int, *, window_ms: int = 20, range_db: float = 30.0) -> float:
+    """Active speech level: RMS over the 20 ms windows within ``range_db`` of the loudest one.
+
+    Unlike plain RMS it does not drop when a sentence has more pauses, so it
+    is what chunk-to-chunk loudness should be matched on.
+    """
+    x = np.asarray(samples, dtype=np.float64)
+    if samples.dtype == np.int16:
+        x = x / 32768.0
+    window = max(1, sample_rate_hz * window_ms // 1000)
+    usable = len(x) // window * window
+    if usable == 0:
+        return rms_dbfs(np.asarray(samples))
+    power = np.mean(np.square(x[:usable].reshape(-1, window)), axis=1)
+    levels = 10.0 * np.log10(power + 1e-12)
+    active = power[levels >= levels.max() - range_db]
+    return float(10.0 * np.log10(np.mean(active) + 1e-12))

@@ -67,6 +67,13 @@ class SpeechPaused(Frame):
 
 
 @dataclass(frozen=True, eq=False)
+class SpeechResumed(Frame):
+    """VAD: speech came back after a :class:`SpeechPaused`; the turn goes on."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True, eq=False)
 class SpeechStopped(Frame):
     """VAD: the turn ended (``silence_duration_ms`` of silence after the last voiced audio)."""
 

@@ -22,7 +22,15 @@ import numpy as np
 
 from .. import models
 from ..audio import INPUT_SAMPLE_RATE_HZ, AudioFormatError
-from ..frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
+from ..frames import (
+    AudioFrame,
+    SpeechPaused,
+    SpeechResumed,
+    SpeechStarted,
+    SpeechStopped,
+    TranscriptFinal,
+    TranscriptPartial,
+)
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..tracing import ASR_FINAL
 
@@ -200,6 +208,11 @@ class WhisperASR(Stage):
                                 finals.remove(early)
                         early = request_final(frame.turn_id, frame.audio_end_ms)
                         partial_request = None
+                    elif isinstance(frame, SpeechResumed) and early is not None:
+                        self.stats.early_finals_wasted += 1
+                        if early in finals:  # not started yet: don't spend a pass on it
+                            finals.remove(early)
+                        early = None
                     elif isinstance(frame, SpeechStopped) and turn is not None:
                         if early is not None and early.audio_end_ms == frame.audio_end_ms:
                             self.stats.early_finals_used += 1

@@ -9,7 +9,7 @@ import anyio
 import numpy as np
 
 from .. import models
-from ..audio import resample
+from ..audio import resample, speech_level_dbfs
 from ..cancellation import CancelToken
 from ..frames import ReplyAudio, TextChunk
 from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
@@ -20,8 +20,9 @@ class PiperTTS(Stage):
     """Synthesizes each text chunk as soon as it arrives and streams its audio on.
 
     Loudness: Piper's own normalisation scales each chunk to full peak, so
-    loudness jumps between chunks. Here every chunk is scaled to the same RMS
-    level (``target_dbfs``), limited so no peak clips.
+    loudness jumps between chunks. Here every chunk is scaled to the same
+    active speech level (``target_dbfs``; pauses don't count), limited so no
+    peak clips.
     """
 
     name = "tts"
@@ -75,14 +76,13 @@ class PiperTTS(Stage):
         return (np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
 
     def level(self, audio: np.ndarray) -> np.ndarray:
-        """Scale float audio to ``target_dbfs`` RMS, never past a 0.98 peak."""
-        rms = float(np.sqrt(np.mean(np.square(audio)))) if audio.size else 0.0
+        """Scale float audio so its active speech level is ``target_dbfs``, never past a 0.98 peak."""
         peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-        if rms <= 1e-6:
+        if peak <= 1e-6:
             return audio
-        gain = (10.0 ** (self.target_dbfs / 20.0)) / rms
-        gain = min(gain, 0.98 / peak)
-        return audio * gain
+        level = speech_level_dbfs(audio, self.voice_sample_rate_hz)
+        gain = 10.0 ** ((self.target_dbfs - level) / 20.0)
+        return audio * min(gain, 0.98 / peak)
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         rate = self.output_sample_rate_hz

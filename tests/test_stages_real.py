@@ -1,0 +1,187 @@
+"""Each stage on its real engine, on real speech."""
+
+from __future__ import annotations
+
+import anyio
+import jiwer
+import numpy as np
+import pytest
+
+from conftest import SPEECH_DIR, load_transcripts, normalize_text
+from realtime_pipeline import (
+    CancelToken,
+    Conversation,
+    LlamaLLM,
+    ModelNotFoundError,
+    Pipeline,
+    PiperTTS,
+    SpeechPaused,
+    SpeechStarted,
+    SpeechStopped,
+    Stage,
+    StageContext,
+    StageError,
+    TextDelta,
+    Tracer,
+    TranscriptFinal,
+    TranscriptPartial,
+    WavFileSource,
+    WebRTCVAD,
+    WhisperASR,
+    read_wav,
+)
+from realtime_pipeline.audio import speech_level_dbfs
+
+pytestmark = pytest.mark.models
+
+
+class Events(Stage):
+    name = "events"
+
+    def __init__(self):
+        self.frames = []
+
+    async def run(self, ctx, inbox, outbox):
+        async for frame in inbox:
+            if not hasattr(frame, "samples"):
+                self.frames.append(frame)
+
+
+def energy_bounds_ms(samples: np.ndarray, rate: int) -> tuple[int, int]:
+    """First and last 10 ms window clearly above the noise floor."""
+    windows = samples[: len(samples) // (rate // 100) * (rate // 100)].reshape(-1, rate // 100).astype(float)
+    level = 20 * np.log10(np.sqrt(np.mean(windows**2, axis=1)) + 1e-9)
+    loud = np.flatnonzero(level > level.max() - 35)
+    return int(loud[0] * 10), int((loud[-1] + 1) * 10)
+
+
+@pytest.mark.anyio
+async def test_vad_finds_the_utterance_where_the_energy_says_it_is():
+    path = SPEECH_DIR / "ps_goforward.wav"
+    samples, rate = read_wav(path)
+    onset_ms, offset_ms = energy_bounds_ms(samples, rate)
+    source = WavFileSource([path], realtime=False, wait_for_reply=False, lead_silence_ms=0)
+    events = Events()
+    await Pipeline([source, WebRTCVAD(), events]).run()
+    started = [f for f in events.frames if isinstance(f, SpeechStarted)]
+    stopped = [f for f in events.frames if isinstance(f, SpeechStopped)]
+    assert len(started) == 1 and len(stopped) == 1
+    assert any(isinstance(f, SpeechPaused) for f in events.frames)
+    # the start includes up to prefix_padding_ms (300) before the first voiced frame
+    assert onset_ms - 450 <= started[0].audio_start_ms <= onset_ms + 100
+    # webrtcvad may call a final unvoiced consonant ("meters") silence: allow that much early
+    assert offset_ms - 500 <= stopped[0].audio_end_ms <= offset_ms + 100
+
+
+@pytest.mark.anyio
+async def test_streaming_asr_gives_partials_while_speaking_and_an_accurate_final(asr):
+    name = "ps_librivox_0870.wav"  # 7 s: long enough for partials
+    source = WavFileSource([SPEECH_DIR / name], realtime=True, wait_for_reply=True)
+    events = Events()
+    pipeline = Pipeline([source, WebRTCVAD(), asr, events])
+    await pipeline.run()
+    partials = [f for f in events.frames if isinstance(f, TranscriptPartial)]
+    finals = [f for f in events.frames if isinstance(f, TranscriptFinal)]
+    assert partials, "no partial transcript while the user spoke"
+    assert finals
+    assert all(p.text for p in partials)
+    text = normalize_text(" ".join(f.text for f in finals))
+    reference = load_transcripts()[name]
+    assert jiwer.wer(reference, text) < 0.25, text
+    # every partial came before the final
+    assert events.frames.index(partials[-1]) < events.frames.index(finals[0])
+
+
+def test_whisper_transcribes_real_speech(asr):
+    samples, _ = read_wav(SPEECH_DIR / "ps_librivox_0880.wav")
+    text = normalize_text(asr.transcribe(samples))
+    assert jiwer.wer("he was not an ill disposed young man", text) < 0.4, text
+
+
+def test_llm_streams_a_reply_and_stops_between_tokens_when_cancelled(llm):
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ]
+    reply = "".join(llm.stream_reply(messages, CancelToken()))
+    assert "paris" in reply.lower()
+
+    token = CancelToken()
+    pieces = []
+    long_ask = [messages[0], {"role": "user", "content": "Write a long story about a dragon."}]
+    for piece in llm.stream_reply(long_ask, token, max_tokens=100):
+        pieces.append(piece)
+        if len(pieces) == 3:
+            token.cancel("turn_detected")
+    assert len(pieces) == 3
+
+
+@pytest.mark.anyio
+async def test_llm_stage_answers_a_final_transcript_with_text_deltas(llm):
+    class Finals(Stage):
+        name = "finals"
+
+        async def run(self, ctx, inbox, outbox):
+            await outbox.send(TranscriptFinal(1, "What is the capital of France?", 0, 2000))
+
+    events = Events()
+    pipeline = Pipeline([Finals(), llm, events])
+    await pipeline.run()
+    deltas = [f for f in events.frames if isinstance(f, TextDelta)]
+    assert len(deltas) > 1
+    response = deltas[0].response
+    assert "".join(d.text for d in deltas) == response.text
+    assert "paris" in response.text.lower()
+
+
+def test_tts_speaks_words_the_asr_hears_again_at_a_consistent_loudness(tts, asr):
+    text = "the capital of France is Paris, a beautiful city on the river Seine."
+    first = tts.synthesize("Hello there,", CancelToken())
+    second = tts.synthesize(text, CancelToken())
+    assert first.dtype == np.int16 and second.dtype == np.int16
+    rate = tts.output_sample_rate_hz
+    first_db, second_db = speech_level_dbfs(first, rate), speech_level_dbfs(second, rate)
+    assert first_db > -30 and second_db > -30
+    assert abs(first_db - second_db) < 1.5, (first_db, second_db)
+    assert int(np.abs(second).max()) < 32767  # limited, not clipped
+    from realtime_pipeline import resample
+
+    heard = normalize_text(asr.transcribe(resample(second, tts.output_sample_rate_hz, 16000)))
+    assert {"capital", "paris", "beautiful", "city", "river"} <= set(heard.split()), heard
+    assert jiwer.wer(normalize_text(text), heard) < 0.35, heard
+
+
+def test_tts_stops_when_cancelled_before_synthesis(tts):
+    token = CancelToken()
+    token.cancel()
+    assert tts.synthesize("This should never be spoken.", token).size == 0
+
+
+def test_unreadable_models_fail_at_setup_naming_the_file(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"this is not a gguf file")
+    stage = LlamaLLM(bad)
+    with pytest.raises(ModelNotFoundError, match="broken.gguf"):
+        anyio.run(stage.setup, StageContext(Conversation(), Tracer()))
+
+    voice = tmp_path / "broken.onnx"
+    voice.write_bytes(b"not onnx")
+    voice.with_name("broken.onnx.json").write_text('{"audio": {"sample_rate": 22050}}')
+    with pytest.raises(ModelNotFoundError, match="broken.onnx"):
+        anyio.run(PiperTTS(voice).setup, StageContext(Conversation(), Tracer()))
+
+    whisper_dir = tmp_path / "whisper"
+    whisper_dir.mkdir()
+    (whisper_dir / "model.bin").write_bytes(b"junk")
+    with pytest.raises(ModelNotFoundError, match="whisper"):
+        anyio.run(WhisperASR(whisper_dir).setup, StageContext(Conversation(), Tracer()))
+
+
+@pytest.mark.anyio
+async def test_a_model_failing_at_setup_stops_the_pipeline_naming_the_stage(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"junk")
+    source = WavFileSource([SPEECH_DIR / "ps_cards_001.wav"], realtime=False)
+    with pytest.raises(StageError) as caught:
+        await Pipeline([source, LlamaLLM(bad)]).run()
+    assert caught.value.stage_name == "llm"

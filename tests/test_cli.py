@@ -87,3 +87,18 @@ def test_the_microphone_without_a_sound_card_is_a_clear_error():
         pytest.skip("this machine has working audio devices")
     assert "Traceback" not in result.stderr
     assert any(line.startswith("error:") and "audio" in line.lower() for line in result.stderr.splitlines()), result.stderr
+
+
+@pytest.mark.models
+def test_the_minimal_example_answers_the_example_question(tmp_path):
+    reply = tmp_path / "reply.wav"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "minimal_assistant.py"), str(EXAMPLE_AUDIO_DIR / "question.wav"), str(reply)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "you: What is the capital of France?" in result.stdout
+    assert "assistant: " in result.stdout and "latency: " in result.stdout
+    samples, rate = read_wav(reply)
+    assert len(samples) / rate > 0.5
+    assert len((ROOT / "examples" / "minimal_assistant.py").read_text().splitlines()) < 40

@@ -38,7 +38,7 @@ class Stage(ABC):
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__dict__.get("name"):
+        if not getattr(cls, "name", ""):  # a subclass keeps its parent's name
             cls.name = cls.__name__
 
     async def setup(self, ctx: StageContext) -> None:

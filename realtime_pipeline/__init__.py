@@ -22,6 +22,7 @@ from .frames import (
     TextDelta,
     TranscriptFinal,
     TranscriptPartial,
+    TranscriptPreview,
 )
 from .io.device import AudioDeviceError, MicrophoneSource, SpeakerOutput
 from .io.outputs import AudioOutput, MemoryOutput, PlayedBlock, WavFileOutput
@@ -47,6 +48,6 @@ __all__ = [
     "Response", "ResponseDone", "ResponseEnd", "ResponseInterrupted", "ResponseStarted", "ResponseStatus",
     "SentenceChunker", "SpeakerOutput", "SpeechPaused", "SpeechResumed", "SpeechStarted", "SpeechStopped", "Stage",
     "StageContext", "StageError", "TextChunk", "TextDelta", "Tracer", "TranscriptFinal",
-    "TranscriptPartial", "VADSettings", "WavFileOutput", "WavFileSource", "WebRTCVAD", "WhisperASR",
+    "TranscriptPartial", "TranscriptPreview", "VADSettings", "WavFileOutput", "WavFileSource", "WebRTCVAD", "WhisperASR",
     "float_to_int16", "read_wav", "resample", "send_unless_cancelled", "voice_pipeline", "write_wav",
 ]

@@ -90,6 +90,19 @@ class TranscriptPartial(Frame):
 
 
 @dataclass(frozen=True, eq=False)
+class TranscriptPreview(Frame):
+    """ASR: what the final transcript will be if the turn ends at ``audio_end_ms``.
+
+    Sent during the end-of-turn silence, before the VAD commits the turn, so
+    the reply can be prepared speculatively. A :class:`SpeechResumed` voids it.
+    """
+
+    turn_id: int
+    text: str
+    audio_end_ms: int
+
+
+@dataclass(frozen=True, eq=False)
 class TranscriptFinal(Frame):
     """ASR: the final transcript of one user turn (may be empty for noise)."""
 

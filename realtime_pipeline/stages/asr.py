@@ -41,6 +41,7 @@ from ..frames import (
     SpeechStopped,
     TranscriptFinal,
     TranscriptPartial,
+    TranscriptPreview,
 )
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..tracing import ASR_FINAL
@@ -230,6 +231,18 @@ class WhisperASR(Stage):
             wake.set()
             return job
 
+        def drop_unstarted(job: _FinalJob) -> None:
+            """A stale early final that has not started: don't spend a pass on it."""
+            if job in finals:
+                finals.remove(job)
+                job.done.set()  # wakes its preview task, which then sees it is stale
+
+        async def preview(job: _FinalJob) -> None:
+            """Announce the early final if it is ready while the turn is still open."""
+            await job.done.wait()
+            if early is job and turn is not None and job.text:
+                await outbox.send(TranscriptPreview(job.turn_id, job.text, job.audio_end_ms))
+
         async def finish(job: _FinalJob) -> None:
             await job.done.wait()
             text = job.text or ""
@@ -266,14 +279,13 @@ class WhisperASR(Stage):
                     elif isinstance(frame, SpeechPaused) and turn is not None:
                         if early is not None and early.audio_end_ms != frame.audio_end_ms:
                             self.stats.early_finals_wasted += 1
-                            if early in finals:  # not started yet: don't spend a pass on it
-                                finals.remove(early)
+                            drop_unstarted(early)
                         early = request_final(frame.turn_id, frame.audio_end_ms)
                         partial_request = None
+                        finishers.start_soon(preview, early)
                     elif isinstance(frame, SpeechResumed) and early is not None:
                         self.stats.early_finals_wasted += 1
-                        if early in finals:  # not started yet: don't spend a pass on it
-                            finals.remove(early)
+                        drop_unstarted(early)
                         early = None
                     elif isinstance(frame, SpeechStopped) and turn is not None:
                         if early is not None and early.audio_end_ms == frame.audio_end_ms:

@@ -34,12 +34,15 @@ class PiperTTS(Stage):
         output_sample_rate_hz: int | None = None,
         target_dbfs: float = -20.0,
         length_scale: float | None = None,
+        threads: int | None = None,
     ) -> None:
+        """``threads``: onnxruntime threads for synthesis (default: one per core)."""
         self.voice_path, self.config_path = models.voice_model_file(voice_path)
         self.voice_sample_rate_hz = models.voice_sample_rate_hz(self.config_path)
         self.requested_output_rate_hz = output_sample_rate_hz
         self.target_dbfs = target_dbfs
         self.length_scale = length_scale
+        self.threads = threads
         self._voice: Any = None
 
     @property
@@ -55,7 +58,16 @@ class PiperTTS(Stage):
         from piper import PiperVoice
 
         try:
-            return PiperVoice.load(str(self.voice_path), config_path=str(self.config_path))
+            voice = PiperVoice.load(str(self.voice_path), config_path=str(self.config_path))
+            if self.threads:
+                import onnxruntime
+
+                options = onnxruntime.SessionOptions()
+                options.intra_op_num_threads = self.threads
+                voice.session = onnxruntime.InferenceSession(
+                    str(self.voice_path), sess_options=options, providers=["CPUExecutionProvider"]
+                )
+            return voice
         except Exception as error:  # onnxruntime raises its own types for broken files
             raise models.ModelNotFoundError(f"cannot load the Piper voice {self.voice_path}: {error}") from error
 

@@ -8,7 +8,16 @@ millisecond. See docs/architecture.md.
 from .assistant import voice_pipeline
 from .audio import AudioFormatError, float_to_int16, read_wav, resample, write_wav
 from .cancellation import Cancelled, CancelToken
-from .conversation import Conversation, ResponseDone, ResponseInterrupted, ResponseStarted
+from .conversation import (
+    Conversation,
+    HistoryEntry,
+    ResponseDone,
+    ResponseInterrupted,
+    ResponsePaused,
+    ResponseResumed,
+    ResponseStarted,
+)
+from .interruption import InterruptionSettings
 from .frames import (
     AudioFrame,
     Frame,
@@ -42,6 +51,7 @@ from .tracing import Tracer
 __version__ = "0.1.0"
 
 __all__ = [
+    "HistoryEntry", "InterruptionSettings", "ResponsePaused", "ResponseResumed",
     "AudioDeviceError", "AudioFormatError", "AudioFrame", "AudioOutput", "CancelToken", "Cancelled",
     "Conversation", "Frame", "Inbox", "LlamaLLM", "MemoryOutput", "MemorySource", "MicrophoneSource",
     "ModelNotFoundError", "Outbox", "Pipeline", "PiperTTS", "PlayedBlock", "Player", "ReplyAudio",

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m realtime_pipeline",
         description="A spoken conversation with a local assistant: microphone and speaker by default, "
-        "or WAV files with --input/--output.",
+        "or WAV files with --input/--output. `python -m realtime_pipeline serve --help` for the "
+        "OpenAI-Realtime-compatible WebSocket server.",
     )
     parser.add_argument("--input", action="append", metavar="WAV", help="a user turn (16-bit PCM mono WAV); repeat for more turns")
     parser.add_argument("--output", metavar="WAV", help="write the spoken replies to this WAV file instead of the speaker")
@@ -104,6 +105,11 @@ async def converse(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:  # the OpenAI-Realtime-compatible server (docs/server.md)
+        from .server.__main__ import main as serve
+
+        return serve(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

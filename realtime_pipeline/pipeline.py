@@ -59,6 +59,7 @@ class Pipeline:
         self.stages = list(stages)
         self.queue_capacity = queue_capacity
         self.context = StageContext(conversation or Conversation(), tracer or Tracer())
+        self.context.tracer.attach(self.context.conversation)  # stamps response done / cancelled
         self._started = False
         self._scope: anyio.CancelScope | None = None
         self._queues: list[ObjectSendStream[Frame]] = []

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -52,6 +53,9 @@ class Response:
         self.created_at_s = time.monotonic()
         self.ended_at_s: float | None = None
         self._ended: anyio.Event | None = None
+        self._paused = False
+        self._pause_callbacks: list[Callable[[], None]] = []
+        self._resumed: anyio.Event | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -60,6 +64,16 @@ class Response:
     @property
     def ended(self) -> bool:
         return self.status is not ResponseStatus.ACTIVE
+
+    @property
+    def interrupted(self) -> bool:
+        """Cut short (cancelled before it was played to the end): the history keeps what was heard."""
+        return self.status is ResponseStatus.CANCELLED
+
+    @property
+    def paused(self) -> bool:
+        """Held silent while the conversation decides whether the user's sound was an interruption."""
+        return self._paused
 
     @property
     def played_ms(self) -> float:
@@ -81,9 +95,10 @@ class Response:
     def heard_text(self) -> str:
         """The reply text that corresponds to the audio played so far.
 
-        Chunks played to the end count whole; of the chunk being played when
-        the response stopped, the share of words matching the share of its
-        audio played counts.
+        Chunks played to the end count whole. In the chunk being played when the
+        response stopped, speech time is taken as proportional to characters (a
+        good fit for Piper at a fixed rate), and a word counts as heard once the
+        audio has passed its middle.
         """
         words: list[str] = []
         for chunk in self.chunks:
@@ -91,9 +106,11 @@ class Response:
                 words.extend(chunk.text.split())
                 continue
             if self.played_samples > chunk.start_sample and chunk.num_samples > 0:
-                share = (self.played_samples - chunk.start_sample) / chunk.num_samples
-                chunk_words = chunk.text.split()
-                words.extend(chunk_words[: math.floor(share * len(chunk_words))])
+                heard_chars = (self.played_samples - chunk.start_sample) / chunk.num_samples * len(chunk.text)
+                for match in re.finditer(r"\S+", chunk.text):
+                    if (match.start() + match.end()) / 2 > heard_chars:
+                        break
+                    words.append(match.group())
             break
         return " ".join(words)
 
@@ -113,10 +130,51 @@ class Response:
         self._end(ResponseStatus.DONE)
         return True
 
+    def pause(self) -> bool:
+        """Hold the response silent (its ``on_pause`` callbacks flush the output). False if ended or paused."""
+        if self.ended or self._paused:
+            return False
+        self._paused = True
+        for callback in list(self._pause_callbacks):
+            callback()
+        return True
+
+    def resume(self) -> bool:
+        """Let a paused response play on from where it stopped. False if it was not paused."""
+        if not self._paused:
+            return False
+        self._paused = False
+        if self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
+        return True
+
+    def on_pause(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` at every :meth:`pause` (event loop thread). Returns an unregister function."""
+        self._pause_callbacks.append(callback)
+
+        def unregister() -> None:
+            if callback in self._pause_callbacks:
+                self._pause_callbacks.remove(callback)
+
+        return unregister
+
+    async def wait_resumed(self) -> None:
+        """Return once the response is no longer paused (resumed or ended)."""
+        while self._paused and not self.ended:
+            if self._resumed is None:
+                self._resumed = anyio.Event()
+            await self._resumed.wait()
+
     def _end(self, status: ResponseStatus) -> None:
         self.status = status
         self.ended_at_s = time.monotonic()
         self.token.release()
+        self._pause_callbacks = []
+        was_paused, self._paused = self._paused, False
+        if was_paused and self._resumed is not None:
+            self._resumed.set()
+            self._resumed = None
         if self._ended is not None:
             self._ended.set()
 

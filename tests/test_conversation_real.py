@@ -48,9 +48,12 @@ async def test_a_real_spoken_turn_gets_a_spoken_reply_that_says_the_reply_text(a
     assert jiwer.wer(said, heard) < 0.5, (said, heard)
 
     trace = pipeline.tracer.turn(response.turn_id)
-    breakdown = trace.breakdown_ms()
-    for span in ("endpoint", "asr", "llm", "tts", "playback", "voice_to_voice", "after_endpoint"):
-        assert span in breakdown and breakdown[span] >= 0, span
+    added = trace.critical_path_ms()  # what each stage added to the wait (work done ahead adds 0)
+    totals = trace.breakdown_ms()
+    assert set(added) == {"endpoint", "asr", "llm", "tts", "playback"}
+    assert all(value >= 0 for value in added.values()), added
+    assert totals["voice_to_voice"] > 0 and totals["after_endpoint"] >= 0
+    assert abs(sum(added.values()) - totals["voice_to_voice"]) < 1.0
 
 
 @pytest.mark.anyio

@@ -72,6 +72,11 @@ class AudioOutput:
         self._truncate(dropped)
         return dropped
 
+    @property
+    def playing_until_s(self) -> float:
+        """Monotonic time at which everything written so far will have played (paced outputs)."""
+        return self._play_end_s
+
     async def drain(self) -> None:
         """Wait until everything written has played."""
         if self.paced:
@@ -109,6 +114,15 @@ class MemoryOutput(AudioOutput):
                 self.blocks[-1] = PlayedBlock(last.started_at_s, last.samples[: len(last.samples) - samples], last.response_id)
                 samples = 0
 
+    def block_end_s(self, block: PlayedBlock) -> float:
+        """When the last sample of ``block`` played."""
+        return block.started_at_s + len(block.samples) / self.sample_rate_hz
+
+    def played_until_s(self, response_id: str) -> float | None:
+        """When the last played sample of a response ended: the speaker went silent for it (None: nothing played)."""
+        ends = [self.block_end_s(b) for b in self.blocks if b.response_id == response_id and len(b.samples)]
+        return max(ends) if ends else None
+
     def audio(self, response_id: str | None = None) -> np.ndarray:
         """Everything played (or only one response's audio), concatenated."""
         blocks = [b.samples for b in self.blocks if response_id is None or b.response_id == response_id]
@@ -116,7 +130,11 @@ class MemoryOutput(AudioOutput):
 
 
 class WavFileOutput(AudioOutput):
-    """Writes the reply audio to a WAV file, with ``gap_ms`` of silence between responses."""
+    """Writes the reply audio to a WAV file, with ``gap_ms`` of silence between responses.
+
+    Paced, it keeps the blocks that have not played yet in memory, so a flush
+    (barge-in) removes them from the file as a sound card would never play them.
+    """
 
     def __init__(self, path: str | Path, sample_rate_hz: int, *, paced: bool = False, gap_ms: int = 300) -> None:
         super().__init__(sample_rate_hz, paced=paced)
@@ -124,6 +142,7 @@ class WavFileOutput(AudioOutput):
         self.gap_samples = gap_ms * sample_rate_hz // 1000
         self._wav: wave.Wave_write | None = None
         self._last_response: str | None = None
+        self._unplayed: list[PlayedBlock] = []
         self.samples_written = 0
 
     async def open(self) -> None:
@@ -136,6 +155,25 @@ class WavFileOutput(AudioOutput):
 
     def _consume(self, block: PlayedBlock) -> None:
         assert self._wav is not None, "open() the output first"
+        self._unplayed.append(block)
+        now = time.monotonic()
+        while self._unplayed and (
+            not self.paced or self._unplayed[0].started_at_s + len(self._unplayed[0].samples) / self.sample_rate_hz <= now
+        ):
+            self._write_block(self._unplayed.pop(0))
+
+    def _truncate(self, samples: int) -> None:
+        while samples > 0 and self._unplayed:
+            last = self._unplayed[-1]
+            if len(last.samples) <= samples:
+                samples -= len(last.samples)
+                self._unplayed.pop()
+            else:
+                self._unplayed[-1] = PlayedBlock(last.started_at_s, last.samples[: len(last.samples) - samples], last.response_id)
+                samples = 0
+
+    def _write_block(self, block: PlayedBlock) -> None:
+        assert self._wav is not None
         if self._last_response is not None and block.response_id != self._last_response:
             self._wav.writeframes(np.zeros(self.gap_samples, dtype="<i2").tobytes())
             self.samples_written += self.gap_samples
@@ -145,5 +183,8 @@ class WavFileOutput(AudioOutput):
 
     async def close(self) -> None:
         if self._wav is not None:
+            for block in self._unplayed:
+                self._write_block(block)
+            self._unplayed = []
             self._wav.close()
             self._wav = None

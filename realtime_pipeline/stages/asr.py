@@ -44,12 +44,14 @@ from ..frames import (
     TranscriptPreview,
 )
 from ..stage import Inbox, Outbox, Stage, StageContext
-from ..tracing import ASR_FINAL
+from ..tracing import ASR_FINAL, ASR_PREVIEW
 
 log = logging.getLogger(__name__)
 
 #: Whisper's window; longer partials only transcribe the most recent part.
 MAX_PARTIAL_S = 28
+#: Silence after the clip that the encoder sees (see the module docstring).
+DEFAULT_WINDOW_MARGIN_S = 10.0
 
 
 @dataclass
@@ -86,7 +88,7 @@ class WhisperASR(Stage):
         language: str | None = "en",
         partial_interval_ms: int | None = 1000,
         tail_ms: int = 100,
-        window_margin_s: float | None = 10.0,
+        window_margin_s: float | None = DEFAULT_WINDOW_MARGIN_S,
         max_tokens_per_s: float = 5.0,
     ) -> None:
         """``partial_interval_ms=None`` turns partial transcripts off (the final is never skipped).
@@ -241,6 +243,7 @@ class WhisperASR(Stage):
             """Announce the early final if it is ready while the turn is still open."""
             await job.done.wait()
             if early is job and turn is not None and job.text:
+                tracer.stamp(job.turn_id, ASR_PREVIEW, overwrite=True)
                 await outbox.send(TranscriptPreview(job.turn_id, job.text, job.audio_end_ms))
 
         async def finish(job: _FinalJob) -> None:

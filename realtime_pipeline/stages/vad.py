@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..audio import AudioFormatError
-from ..frames import AudioFrame, SpeechPaused, SpeechStarted, SpeechStopped
+from ..frames import AudioFrame, SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..tracing import TURN_COMMITTED, USER_SPEECH_END, VAD_SPEECH_STOPPED
 
@@ -51,8 +51,10 @@ class VADSettings:
 class WebRTCVAD(Stage):
     """Forwards the audio and adds SpeechStarted / SpeechPaused / SpeechStopped.
 
-    Also tells the conversation at once when speech starts and stops: that
-    direct call is the barge-in path, it does not wait in any queue.
+    Also tells the conversation at once when speech starts and stops, how much
+    voiced audio the turn has so far (the barge-in threshold) and how far the
+    input has been processed (the false-interruption clock): those direct calls
+    are the barge-in path, they do not wait in any queue.
     """
 
     name = "vad"
@@ -80,6 +82,7 @@ class WebRTCVAD(Stage):
         last_voiced_at_s = 0.0
         silence_ms = 0
         paused = False
+        voiced_ms = 0  # voiced audio in the current turn
 
         async for frame in inbox:
             await outbox.send(frame)
@@ -114,10 +117,17 @@ class WebRTCVAD(Stage):
                         turn_id = conversation.new_turn_id()
                         event = SpeechStarted(turn_id, max(0, first_voiced_ms - s.prefix_padding_ms))
                         conversation.user_speech_started(event)
+                        voiced_ms = voiced_count * s.frame_ms
+                        conversation.user_speech_progress(turn_id, voiced_ms)
                         await outbox.send(event)
                     continue
                 if voiced:
                     last_voiced_end_ms, last_voiced_at_s = end_ms, frame.captured_at_s
+                    voiced_ms += s.frame_ms
+                    conversation.user_speech_progress(turn_id, voiced_ms)
+                    if paused:
+                        conversation.user_speech_resumed(turn_id)
+                        await outbox.send(SpeechResumed(turn_id))
                     silence_ms, paused = 0, False
                     continue
                 silence_ms += s.frame_ms
@@ -135,6 +145,7 @@ class WebRTCVAD(Stage):
                     conversation.user_speech_stopped(event)
                     await outbox.send(event)
             conversation.audio_processed_samples = pending_start + pending.size
+            conversation.advance_audio(pending_start * 1000 // rate)
 
         if in_speech:  # the input ended mid-turn: close the turn so it gets answered
             tracer.stamp(turn_id, USER_SPEECH_END, last_voiced_at_s)

@@ -1,0 +1,436 @@
+"""Barge-in benchmark: real speech interrupts real replies, measured at the virtual speaker.
+
+The scenario: a spoken question (``examples/audio/question.wav``) is answered by
+the full pipeline on the embedded models; once the reply has played
+``interrupt_after_ms``, a real speech file from ``tests/data/speech`` starts, fed
+in real time like a microphone. That file is itself a question: its reply is
+interrupted by the next file, and so on. The output is a paced
+:class:`MemoryOutput` (a virtual sound card), so what it recorded is what a
+listener would have heard, and when.
+
+Per interruption:
+
+* ``barge_in_ms``: user speech onset (ground truth: the first 10 ms of the file
+  within 30 dB of its speech level, above -50 dBFS) → the end of the last block
+  of the interrupted response that the speaker actually played;
+* leaked: any block of that response played after it was stopped (its pause, or
+  its cancel if it was never paused). Must be 0.
+
+A negative ``barge_in_ms`` means the VAD reacted to a sound before the words'
+energy onset (a breath, the recording's noise floor); ``barge_in_ms_from_words``
+leaves those out. ``resumed_by_timeout`` counts pauses that ``false_interruption_ms``
+ended before the ASR delivered the words (then their late words still interrupt).
+
+``python -m benchmarks.barge_in`` runs it (``--help`` for options);
+``python -m benchmarks.barge_in --measure-threshold`` prints the measurement
+behind ``min_interruption_ms`` (see :mod:`realtime_pipeline.interruption`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+
+from realtime_pipeline import voice_pipeline
+from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ, read_wav, resample
+from realtime_pipeline.conversation import (
+    Conversation,
+    ResponseInterrupted,
+    ResponsePaused,
+    ResponseResumed,
+)
+from realtime_pipeline.frames import AudioFrame, SpeechStopped, TranscriptFinal
+from realtime_pipeline.interruption import InterruptionSettings
+from realtime_pipeline.io.outputs import MemoryOutput
+from realtime_pipeline.response import Response
+from realtime_pipeline.stage import Inbox, Outbox, Stage, StageContext
+from realtime_pipeline.stages.vad import VADSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEECH_DIR = ROOT / "tests" / "data" / "speech"
+QUESTION_WAV = ROOT / "examples" / "audio" / "question.wav"
+#: Long enough replies that there is something to interrupt.
+SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Answer in three or four full spoken sentences, "
+    "without lists, markdown or emojis."
+)
+DEFAULT_LIMIT = 12
+DEFAULT_INTERRUPT_AFTER_MS = 400
+#: A wait for the pipeline longer than this is a miss, not a hang.
+WAIT_LIMIT_S = 30.0
+
+
+def speech_onset_sample(samples: np.ndarray, sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> int:
+    """Ground-truth speech onset: the first 10 ms window within 30 dB of the speech level (its
+    95th-percentile window), and above -50 dBFS."""
+    window = sample_rate_hz // 100
+    count = len(samples) // window
+    if count == 0:
+        return 0
+    frames = samples[: count * window].astype(np.float64).reshape(count, window)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    threshold = max(float(np.percentile(rms, 95)) * 10 ** (-30 / 20), 32768.0 * 10 ** (-50 / 20))
+    return int(np.argmax(rms >= threshold)) * window
+
+
+@dataclass(frozen=True, eq=False)
+class Interrupter:
+    name: str
+    samples: np.ndarray  # 16 kHz int16
+    onset_sample: int
+
+
+def load_interrupters(files: Sequence[str | Path], *, lead_ms: int = 200) -> list[Interrupter]:
+    """The files at 16 kHz, cut to start ``lead_ms`` before the speech onset (some have 2 s of
+    silence first, long enough for a short reply to end before the user says anything)."""
+    interrupters = []
+    for path in files:
+        samples, rate = read_wav(path)
+        samples = resample(samples, rate, INPUT_SAMPLE_RATE_HZ)
+        start = max(0, speech_onset_sample(samples) - lead_ms * INPUT_SAMPLE_RATE_HZ // 1000)
+        samples = samples[start:]
+        interrupters.append(Interrupter(Path(path).name, samples, speech_onset_sample(samples)))
+    return interrupters
+
+
+@dataclass
+class Attempt:
+    """One interrupter as played: when its speech began and which response it spoke over."""
+
+    name: str
+    start_s: float  # its first sample (some lead before the words)
+    onset_s: float
+    target: Response | None
+
+
+class BargeInSource(Stage):
+    """Plays the question, then each interrupter once the current reply has played ``interrupt_after_ms``.
+
+    Real time, 20 ms frames, silence in between (what a microphone hears). When a
+    reply is too short to be interrupted, the next file is played after it as a
+    normal turn (its attempt then has no target).
+    """
+
+    name = "source"
+
+    def __init__(self, question: np.ndarray, interrupters: list[Interrupter], *,
+                 interrupt_after_ms: int = DEFAULT_INTERRUPT_AFTER_MS, frame_ms: int = 20,
+                 lead_ms: int = 300, tail_ms: int = 1200, min_ahead_ms: int = 400) -> None:
+        self.question = question
+        self.interrupters = interrupters
+        self.interrupt_after_ms = interrupt_after_ms
+        self.frame_ms = frame_ms
+        self.lead_ms = lead_ms
+        self.tail_ms = tail_ms
+        self.min_ahead_ms = min_ahead_ms
+        self.attempts: list[Attempt] = []
+
+    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+        rate = INPUT_SAMPLE_RATE_HZ
+        step = rate * self.frame_ms // 1000
+        conversation = ctx.conversation
+        started = anyio.current_time()
+        position = 0
+        silence = np.zeros(step, dtype=np.int16)
+
+        async def emit(samples: np.ndarray) -> None:
+            nonlocal position
+            for offset in range(0, len(samples), step):
+                frame = samples[offset : offset + step]
+                await anyio.sleep_until(started + (position + len(frame)) / rate)
+                await outbox.send(AudioFrame(frame, rate, position, time.monotonic()))
+                position += len(frame)
+
+        async def silence_until(condition: Any) -> bool:
+            deadline = time.monotonic() + WAIT_LIMIT_S
+            while not condition():
+                if time.monotonic() > deadline:
+                    return False
+                await emit(silence)
+            return True
+
+        def heard_up_to(sample: int) -> Any:
+            return lambda: conversation.audio_processed_samples >= sample
+
+        def reply_playing(onset_ms: float) -> Response | None:
+            """The active reply once it has played ``interrupt_after_ms`` and has enough audio
+            synthesized, not yet played, to still be playing well after the user's onset."""
+            response = conversation.active_response
+            if response is None or response.paused or response.played_ms < self.interrupt_after_ms:
+                return None
+            synthesized = sum(chunk.num_samples for chunk in response.chunks)
+            ahead_ms = 1000.0 * (synthesized - response.played_samples) / (response.output_sample_rate_hz or 1)
+            return response if ahead_ms >= onset_ms + self.min_ahead_ms else None
+
+        await emit(np.zeros(self.lead_ms * rate // 1000, dtype=np.int16))
+        await emit(self.question)
+        await emit(np.zeros(self.tail_ms * rate // 1000, dtype=np.int16))
+        for interrupter in self.interrupters:
+            heard = heard_up_to(position)
+            onset_ms = 1000.0 * interrupter.onset_sample / rate
+            await silence_until(lambda onset_ms=onset_ms, heard=heard: reply_playing(onset_ms) is not None
+                                or (conversation.idle and heard()))
+            target = reply_playing(onset_ms)
+            onset_s = started + (position + interrupter.onset_sample) / rate
+            self.attempts.append(Attempt(interrupter.name, started + position / rate, onset_s, target))
+            await emit(interrupter.samples)
+            await emit(np.zeros(self.tail_ms * rate // 1000, dtype=np.int16))
+        end = position
+        await silence_until(lambda: conversation.idle and heard_up_to(end)())
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"p50": None, "p95": None, "values": []}
+    array = np.asarray(values, dtype=np.float64)
+    return {
+        "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)),
+        "values": [round(v, 1) for v in values],
+    }
+
+
+def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[float, Any]]) -> dict[str, Any]:
+    """Per-attempt records, ``barge_in_ms`` percentiles and the leaked-turn count, from the speaker's record.
+
+    ``events`` are (monotonic time, conversation event). An attempt's stop is the
+    first pause (or cancel) of its target from the attempt's first sample (the
+    VAD may react to a breath before the energy onset) until the next attempt;
+    the output went silent at the end of the last block played by then.
+    """
+    records: list[dict[str, Any]] = []
+    barge_in_ms: list[float] = []
+    leaked_responses: set[str] = set()
+    tolerance_s = 2.0 / output.sample_rate_hz  # the flush rounds to whole samples
+    for index, attempt in enumerate(attempts):
+        record: dict[str, Any] = {"file": attempt.name, "interrupted": False}
+        records.append(record)
+        response = attempt.target
+        if response is None:
+            record["note"] = "reply too short to interrupt"
+            continue
+        window_end_s = attempts[index + 1].start_s if index + 1 < len(attempts) else float("inf")
+        mine = [e for _, e in events if getattr(e, "response", None) is response]
+        in_window = [e for e in mine if attempt.start_s <= getattr(e, "at_s", -1.0) < window_end_s]
+        stops = [e for e in in_window if isinstance(e, (ResponsePaused, ResponseInterrupted))]
+        resumed = [e for e in in_window if isinstance(e, ResponseResumed)]
+        cancel = next((e for e in in_window if isinstance(e, ResponseInterrupted)), None)
+        record.update(response=response.id, reason=cancel.reason if cancel else None,
+                      false_interruption_resumes=[f"{e.reason} after {e.paused_ms:.0f} ms" for e in resumed])
+        if not stops:
+            record["note"] = "not stopped"
+            continue
+        stop_s = stops[0].at_s
+        ends = [output.block_end_s(b) for b in output.blocks if b.response_id == response.id and b.started_at_s <= stop_s]
+        if not ends:
+            record["note"] = "no audio of it had played"
+            continue
+        # Negative: the VAD reacted to a sound (a breath) before the energy onset of the words.
+        record["barge_in_ms"] = round(1000.0 * (max(ends) - attempt.onset_s), 1)
+        barge_in_ms.append(record["barge_in_ms"])
+        record["interrupted"] = cancel is not None
+        if cancel is None:
+            record["note"] = "resumed: played on"
+            continue
+        # the final stop: the last pause not undone by a resume, else the cancel itself
+        pauses = [e for e in mine if isinstance(e, ResponsePaused) and e.at_s <= cancel.at_s]
+        resumes = [e for e in mine if isinstance(e, ResponseResumed) and e.at_s <= cancel.at_s]
+        final_stop_s = pauses[-1].at_s if pauses and (not resumes or pauses[-1].at_s > resumes[-1].at_s) else cancel.at_s
+        blocks = [b for b in output.blocks if b.response_id == response.id]
+        leaked = [b for b in blocks if b.started_at_s > final_stop_s or output.block_end_s(b) > final_stop_s + tolerance_s]
+        if leaked:
+            leaked_responses.add(response.id)
+        record.update(
+            leaked_blocks=len(leaked),
+            played_ms=round(response.played_ms, 1),
+            heard_text=response.heard_text(),
+            reply_text=response.text,
+            confirm_ms=round(1000.0 * (cancel.at_s - attempt.onset_s), 1),
+        )
+    return {
+        "barge_in_ms": _percentiles(barge_in_ms),
+        # Without the turns where the VAD fired on the file's noise floor or a breath before the words:
+        "barge_in_ms_from_words": _percentiles([v for v in barge_in_ms if v >= 0]),
+        "vad_before_onset": sum(1 for v in barge_in_ms if v < 0),
+        "leaked_turns": len(leaked_responses),
+        "attempts": len(attempts),
+        "measured": len(barge_in_ms),
+        "resumed_by_timeout": sum(
+            1 for _, e in events if isinstance(e, ResponseResumed) and e.reason == "timeout"),
+        "asr_final_after_speech_stopped_ms": _percentiles(_final_delays_ms(events)),
+        "turns": records,
+    }
+
+
+def _final_delays_ms(events: list[tuple[float, Any]]) -> list[float]:
+    """SpeechStopped → TranscriptFinal of the same turn: how long the false-interruption decision waits for."""
+    stopped = {e.turn_id: t for t, e in events if isinstance(e, SpeechStopped)}
+    return [round(1000.0 * (t - stopped[e.turn_id]), 1)
+            for t, e in events if isinstance(e, TranscriptFinal) and e.turn_id in stopped]
+
+
+@dataclass
+class _Models:
+    asr: Any
+    llm: Any
+    tts: Any
+
+
+def default_files(limit: int | None = DEFAULT_LIMIT, seed: int = 0) -> list[Path]:
+    files = sorted(SPEECH_DIR.glob("*.wav"))
+    if limit and limit < len(files):
+        files = sorted(random.Random(seed).sample(files, limit))
+    return files
+
+
+async def run_barge_in(
+    models: Any = None,
+    *,
+    files: Sequence[str | Path] | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+    seed: int = 0,
+    interrupt_after_ms: int = DEFAULT_INTERRUPT_AFTER_MS,
+    interruptions: InterruptionSettings | None = None,
+    vad: VADSettings | None = None,
+    question: str | Path = QUESTION_WAV,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Run the barge-in scenario; returns ``barge_in_ms`` {p50, p95, values}, ``leaked_turns`` and per-turn records.
+
+    ``models`` has ``asr``, ``llm`` and ``tts`` stage objects (loaded once and
+    shared); by default the embedded models are loaded here. ``files`` default
+    to ``limit`` speech files of ``tests/data/speech`` chosen with ``seed``.
+    """
+    if models is None:
+        from realtime_pipeline.stages.asr import WhisperASR
+        from realtime_pipeline.stages.llm import LlamaLLM
+        from realtime_pipeline.stages.tts import PiperTTS
+
+        models = _Models(WhisperASR(), LlamaLLM(max_tokens=80, seed=seed), PiperTTS())
+    paths = list(files) if files is not None else default_files(limit, seed)
+    interrupters = load_interrupters(paths)
+    question_samples, question_rate = read_wav(question)
+    source = BargeInSource(resample(question_samples, question_rate, INPUT_SAMPLE_RATE_HZ), interrupters,
+                           interrupt_after_ms=interrupt_after_ms)
+    output = MemoryOutput(models.tts.output_sample_rate_hz, paced=True)
+    # Only the current question: interrupted replies in the history make SmolLM collapse into one-word answers.
+    conversation = Conversation(SYSTEM_PROMPT, interruptions=interruptions, max_history_messages=1)
+    pipeline = voice_pipeline(source, output, vad=vad, asr=models.asr, llm=models.llm, tts=models.tts,
+                              conversation=conversation)
+    events: list[tuple[float, Any]] = []
+    conversation.add_listener(lambda event: events.append((time.monotonic(), event)))
+    if console is not None:
+        conversation.add_listener(lambda e: _progress(console, e))
+        console.print(f"barge-in: {len(interrupters)} real speech files interrupt real replies, in real time")
+    started = time.monotonic()
+    await pipeline.run()
+    result = analyse(source.attempts, output, events)
+    result["history"] = [dataclasses.asdict(entry) for entry in conversation.history()]
+    result["config"] = {
+        "files": [p.name if isinstance(p, Path) else str(p) for p in paths],
+        "seed": seed,
+        "interrupt_after_ms": interrupt_after_ms,
+        "interruptions": dataclasses.asdict(conversation.interruptions),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    return result
+
+
+def _progress(console: Any, event: Any) -> None:
+    if isinstance(event, ResponseInterrupted) and event.reason == "turn_detected":
+        console.print(f"  interrupted {event.response.id} after {event.played_ms:.0f} ms: heard {event.heard_text!r}")
+
+
+def measure_detection_ms(files: Sequence[Path], thresholds_ms: Sequence[int] = (60, 80, 100, 120, 160, 200)) -> dict[int, dict[str, float]]:
+    """Onset → "the VAD has counted N ms of voiced audio", per threshold N, over ``files``.
+
+    Mirrors :class:`~realtime_pipeline.stages.vad.WebRTCVAD` with default
+    settings (speech starts at ``threshold`` of the ``min_speech_ms`` window).
+    """
+    import webrtcvad
+
+    settings = VADSettings()
+    step = INPUT_SAMPLE_RATE_HZ * settings.frame_ms // 1000
+    window = max(1, settings.min_speech_ms // settings.frame_ms)
+    latencies: dict[int, list[float]] = {n: [] for n in thresholds_ms}
+    for path in files:
+        samples, rate = read_wav(path)
+        samples = np.concatenate([np.zeros(INPUT_SAMPLE_RATE_HZ // 2, dtype=np.int16),
+                                  resample(samples, rate, INPUT_SAMPLE_RATE_HZ)])
+        onset_ms = 1000.0 * speech_onset_sample(samples) / INPUT_SAMPLE_RATE_HZ
+        vad = webrtcvad.Vad(settings.aggressiveness)
+        recent: list[bool] = []
+        voiced_ms, in_speech = 0, False
+        reached: dict[int, float] = {}
+        for index in range(len(samples) // step):
+            voiced = vad.is_speech(samples[index * step : (index + 1) * step].tobytes(), INPUT_SAMPLE_RATE_HZ)
+            recent = (recent + [voiced])[-window:]
+            if not in_speech:
+                if voiced and len(recent) == window and sum(recent) / window >= settings.threshold:
+                    in_speech, voiced_ms = True, sum(recent) * settings.frame_ms
+                else:
+                    continue
+            elif voiced:
+                voiced_ms += settings.frame_ms
+            for n in thresholds_ms:
+                if n not in reached and voiced_ms >= n:
+                    reached[n] = (index + 1) * settings.frame_ms  # the frame is available at its end
+        for n in thresholds_ms:
+            if n in reached:
+                latencies[n].append(reached[n] - onset_ms)
+    return {
+        n: {"p50": float(np.percentile(v, 50)), "p95": float(np.percentile(v, 95)), "files": len(v)}
+        for n, v in latencies.items() if v
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.barge_in", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help=f"speech files to use (default {DEFAULT_LIMIT}; 0 = all 30)")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the files and seeds the LLM")
+    parser.add_argument("--interrupt-after-ms", type=int, default=DEFAULT_INTERRUPT_AFTER_MS,
+                        help="reply audio played before the user starts speaking")
+    parser.add_argument("--min-interruption-ms", type=int, default=InterruptionSettings().min_interruption_ms)
+    parser.add_argument("--no-resume", action="store_true", help="cancel at once instead of pausing until words arrive")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the whole result as JSON")
+    parser.add_argument("--measure-threshold", action="store_true",
+                        help="only print onset → VAD detection latency per min_interruption_ms candidate")
+    args = parser.parse_args(argv)
+    if args.measure_threshold:
+        for n, stats in measure_detection_ms(sorted(SPEECH_DIR.glob("*.wav"))).items():
+            print(f"min_interruption_ms={n:4d}: onset → reached p50 {stats['p50']:6.1f} ms, p95 {stats['p95']:6.1f} ms ({stats['files']} files)")
+        return 0
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    settings = InterruptionSettings(min_interruption_ms=args.min_interruption_ms, resume_false_interruption=not args.no_resume)
+    result = anyio.run(lambda: run_barge_in(limit=args.limit or None, seed=args.seed, interrupt_after_ms=args.interrupt_after_ms,
+                                            interruptions=settings, console=console))
+    for record in result["turns"]:
+        print(json.dumps({k: v for k, v in record.items() if k not in ("reply_text",)}))
+    summary = {"barge_in_ms": {k: result["barge_in_ms"][k] for k in ("p50", "p95")},
+               "barge_in_ms_from_words": {k: result["barge_in_ms_from_words"][k] for k in ("p50", "p95")},
+               "vad_before_onset": result["vad_before_onset"], "leaked_turns": result["leaked_turns"],
+               "measured": result["measured"], "attempts": result["attempts"],
+               "resumed_by_timeout": result["resumed_by_timeout"],
+               "asr_final_after_speech_stopped_ms": {k: result["asr_final_after_speech_stopped_ms"][k] for k in ("p50", "p95")},
+               "wall_s": result["config"]["wall_s"]}
+    print("summary:", json.dumps(summary))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

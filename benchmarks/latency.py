@@ -1,0 +1,252 @@
+"""``python -m benchmarks.latency``: the per-stage latency breakdown on real speech, in real time.
+
+User turns (WAV files) are played at wall-clock pace in 20 ms frames into the
+full pipeline on the embedded models, the replies into a virtual speaker that
+consumes audio like a sound card; the source waits for each reply before the
+next turn. "User speech end" is the last voiced sample of each file, by
+energy. See docs/latency.md for what each number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from realtime_pipeline.conversation import DEFAULT_SYSTEM_PROMPT
+from realtime_pipeline.pipeline import StageError
+from realtime_pipeline.stages.asr import DEFAULT_WINDOW_MARGIN_S, WhisperASR
+from realtime_pipeline.stages.llm import LlamaLLM
+from realtime_pipeline.stages.tts import PiperTTS
+from realtime_pipeline.stages.vad import VADSettings
+from realtime_pipeline.tracing import SEED_BUDGET_MS
+
+from . import report as reporting
+from .baseline import run_baseline
+from .measure import Models, ModelTimer, UsageMeter, peak_rss_mb, word_error_rate
+from .streaming import build_streaming, play, turn_records
+from .turns import DEFAULT_AUDIO_DIR, load_turns
+
+#: Defaults chosen so a full run (with --baseline) stays well under 4 minutes on 2 cores:
+#: every reply is played at real-time pace, so reply length dominates the run time.
+DEFAULT_LIMIT = 8
+DEFAULT_MAX_TOKENS = 40
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.latency",
+        description="Latency of the full voice pipeline on real speech played in real time (see docs/latency.md).",
+    )
+    parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO_DIR,
+                        help="WAV files and a transcripts.tsv (filename<TAB>text); default: the bundled tests/data/speech")
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
+                        help=f"number of turns, a random subset chosen with --seed (default {DEFAULT_LIMIT}; 0 = all)")
+    parser.add_argument("--seed", type=int, default=0, help="chooses the turns and seeds the LLM's sampling (default 0)")
+    parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+                        help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS}: replies play in real time)")
+    parser.add_argument("--silence-ms", type=int, default=VADSettings.silence_duration_ms, help="VAD end-of-turn silence")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
+    parser.add_argument("--no-speculation", action="store_true",
+                        help="answer only the final transcript (no reply prepared during the end-of-turn silence)")
+    parser.add_argument("--full-window", action="store_true",
+                        help="Whisper passes on the full 30 s window instead of the clip-fitted one")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run the sequential approach (whole utterance → transcribe → generate → synthesize → play)")
+    parser.add_argument("--barge-in", action="store_true", help="also run the barge-in scenario (benchmarks/barge_in.py)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the whole report as JSON")
+    parser.add_argument("--chart", type=Path, metavar="PATH.png", help="write a waterfall of one turn and per-stage box plots")
+    parser.add_argument("--trace", type=Path, metavar="PATH.json", help="write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
+    parser.add_argument("--jsonl", type=Path, metavar="PATH", help="write the tracer's per-turn records as JSON lines")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _barge_in_runner() -> Any:
+    """``benchmarks.barge_in.run_barge_in``, or None when that module is not in this checkout.
+
+    It is called as ``run_barge_in(models=Models, seed=int, console=rich Console)`` after the
+    other runs, with the loaded models, and returns (or is a coroutine returning) a dict whose
+    ``barge_in_ms`` entry becomes ``summary.barge_in_ms``; the whole dict goes to ``barge_in``.
+    """
+    try:
+        from .barge_in import run_barge_in
+    except ModuleNotFoundError as error:
+        if error.name in (f"{__package__}.barge_in",):
+            return None
+        raise
+    return run_barge_in
+
+
+async def run(args: argparse.Namespace, command: str, console: Console) -> dict[str, Any]:
+    turns = load_turns(args.audio_dir, limit=args.limit or None, seed=args.seed)
+    load_before = os.getloadavg()[0]
+    if load_before > 0.5 * (os.cpu_count() or 1):
+        console.print(f"[yellow]warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} CPUs); "
+                      "latencies will be inflated[/yellow]")
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, disable=args.quiet, transient=False)
+    with progress:
+        loading = progress.add_task("loading and warming up the models", total=1)
+        cold_start_began = time.monotonic()
+        models = Models(
+            WhisperASR(cpu_threads=args.threads, window_margin_s=None if args.full_window else DEFAULT_WINDOW_MARGIN_S),
+            LlamaLLM(n_threads=args.threads, max_tokens=args.max_tokens, seed=args.seed, speculate=not args.no_speculation),
+            PiperTTS(),
+        )
+        streaming = build_streaming(turns, models, vad=VADSettings(silence_duration_ms=args.silence_ms))
+        await streaming.pipeline.start()
+        cold_start_s = time.monotonic() - cold_start_began
+        progress.update(loading, completed=1)
+
+        playing = progress.add_task("streaming: playing turns in real time", total=len(turns))
+        timer = ModelTimer(models)
+        meter = UsageMeter()
+        try:
+            await play(streaming, on_turn=lambda k: progress.update(playing, completed=k,
+                                                                    description=f"streaming: turn {k + 1} {turns[k].name}"))
+        finally:
+            timer.remove()
+        usage = meter.stop()
+        progress.update(playing, completed=len(turns), description="streaming: done")
+        records = turn_records(streaming, turns)
+
+        baseline_records: list[dict[str, Any]] = []
+        if args.baseline:
+            sequential = progress.add_task("baseline: sequential, same models and turns", total=len(turns))
+            endpoint_ms = [r.get("spans_ms", {}).get("endpoint") for r in records]
+            baseline_records = await run_baseline(
+                turns, models, [e if e is not None else float(args.silence_ms) for e in endpoint_ms],
+                on_turn=lambda k: progress.update(sequential, completed=k))
+            progress.update(sequential, completed=len(turns))
+
+        barge_in: Any = None
+        if args.barge_in:
+            runner = _barge_in_runner()
+            barge_in = runner(models=models, seed=args.seed, console=console)
+            if inspect.isawaitable(barge_in):
+                barge_in = await barge_in
+
+    tracer = streaming.tracer
+    measured = [r["turn_id"] for r in records if r["turn_id"] is not None]
+    trace_summary = tracer.summary(measured)
+    streaming_first_audio = reporting.stats([r.get("spans_ms", {}).get("voice_to_voice") for r in records])
+    baseline_first_audio = reporting.stats([r.get("time_to_first_audio_ms") for r in baseline_records])
+    ratio = (baseline_first_audio["p50"] / streaming_first_audio["p50"]
+             if baseline_first_audio and streaming_first_audio else None)
+    summary: dict[str, Any] = {
+        "turns": len(turns),
+        "turns_answered": sum(1 for r in records if r["answered"]),
+        **reporting.summary_json(trace_summary, tracer.traces(measured)),
+        "budget_ms": {name: list(bounds) for name, bounds in SEED_BUDGET_MS.items()},
+        "wer": word_error_rate([t.reference for t in turns], [r["transcript"] for r in records]),
+        "wer_baseline": word_error_rate([t.reference for t in turns], [r["transcript"] for r in baseline_records])
+        if baseline_records else None,
+        "rtf": timer.report(),
+        "cpu_s_per_min": usage.cpu_s_per_min,
+        "cpu_s": usage.cpu_s,
+        "conversation_s": usage.wall_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "cold_start_s": cold_start_s,
+        "baseline": {
+            "ran": bool(args.baseline),
+            "time_to_first_audio_ms": baseline_first_audio,
+            "streaming_time_to_first_audio_ms": streaming_first_audio if args.baseline else None,
+            "ratio": ratio,
+        },
+        "barge_in_ms": barge_in.get("barge_in_ms") if isinstance(barge_in, dict) else None,
+        "speculation": {
+            "enabled": not args.no_speculation,
+            "hits": streaming.pipeline.conversation.speculation_hits,
+            "misses": streaming.pipeline.conversation.speculation_misses,
+        },
+        "asr": {
+            "window": "full" if args.full_window else "fitted",
+            "passes": models.asr.stats.finals_run + models.asr.stats.partials_run,
+            "partials_skipped": models.asr.stats.partials_skipped,
+            "early_finals_used": models.asr.stats.early_finals_used,
+            "early_finals_wasted": models.asr.stats.early_finals_wasted,
+            "window_fallbacks": models.asr.stats.window_fallbacks,
+        },
+    }
+    return {
+        "command": command,
+        "config": {
+            "audio_dir": str(args.audio_dir),
+            "files": [t.name for t in turns],
+            "limit": args.limit,
+            "seed": args.seed,
+            "max_tokens": args.max_tokens,
+            "silence_ms": args.silence_ms,
+            "threads": args.threads,
+            "speculation": not args.no_speculation,
+            "asr_window": "full" if args.full_window else "fitted",
+            "system_prompt": DEFAULT_SYSTEM_PROMPT,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                        "load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]},
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "summary": summary,
+        "turns": records,
+        "baseline_turns": baseline_records,
+        "barge_in": barge_in,
+        "_traces": tracer.traces(measured),
+        "_trace_summary": trace_summary,
+        "_tracer": tracer,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "-m", "benchmarks.latency", *argv])
+    console = Console(stderr=True)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=160)  # files and pipes: wide enough for the per-turn table
+    if args.barge_in and _barge_in_runner() is None:
+        console.print("error: --barge-in needs benchmarks/barge_in.py (run_barge_in), which is not in this checkout")
+        return 2
+    try:
+        report = anyio.run(run, args, command, console)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"error: {error}")
+        return 2
+    except StageError as error:
+        console.print(f"error: {error}")
+        return 1
+    traces = report.pop("_traces")
+    trace_summary = report.pop("_trace_summary")
+    tracer = report.pop("_tracer")
+    reporting.print_report(out, report, trace_summary)
+    out.print(reporting.turn_table(report["turns"]))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        console.print(f"report written to {args.json}")
+    if args.trace:
+        tracer.write_perfetto(args.trace)
+        console.print(f"Perfetto trace written to {args.trace} (open it in https://ui.perfetto.dev)")
+    if args.jsonl:
+        tracer.write_jsonl(args.jsonl)
+        console.print(f"trace records written to {args.jsonl}")
+    if args.chart:
+        baseline_ms = [r["time_to_first_audio_ms"] for r in report["baseline_turns"] if r.get("time_to_first_audio_ms") is not None]
+        reporting.write_chart(args.chart, traces, baseline_ms)
+        console.print(f"chart written to {args.chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Barge-in policy: when the user's speech interrupts the assistant, and when it was a false alarm.
+
+The flow (OpenAI Realtime semantics, plus LiveKit-style false-interruption recovery):
+
+1. The user has spoken ``min_interruption_ms`` of voiced audio while a response is
+   generated or played: the response is *paused* at once. The player flushes the
+   output, so the bot is silent within one block, and keeps the flushed tail.
+2. The speech yields words (a non-empty partial or final transcript): the response
+   is *cancelled* (token fires: the LLM stops at the next token, TTS work is dropped)
+   and the history keeps only what was heard.
+3. It yields no words (an empty final transcript, or ``false_interruption_ms`` of
+   input audio after the sound stopped without one): a false interruption; the
+   response *resumes* from the exact sample where it stopped.
+
+With ``resume_false_interruption=False`` step 1 cancels right away instead of pausing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .response import Response
+
+#: Default of :attr:`InterruptionSettings.min_interruption_ms`, chosen by measurement
+#: (``python -m benchmarks.barge_in --measure-threshold``; webrtcvad aggressiveness 2,
+#: the 30 files of tests/data/speech): from the speech onset (audio energy) to the
+#: moment the VAD has counted N ms of voiced audio, p50/p95 =
+#: 40/65 ms for N=60, 60/85 ms for N=80, 80/271 ms for N=100, 140/331 ms for N=160.
+#: Above 80 ms the p95 jumps (words that start with a weak or unvoiced sound), and
+#: p95 + one 20 ms output block must stay within the 120 ms barge-in target, so 80.
+#: Duration cannot tell noise from speech within that budget anyway (a 50 ms click
+#: already reads as 80 ms voiced, a 200 ms noise burst as 300 ms): short noises are
+#: handled by resuming after a false interruption, not by a longer threshold.
+DEFAULT_MIN_INTERRUPTION_MS = 80
+
+#: Default of :attr:`InterruptionSettings.false_interruption_ms`, counted in input
+#: audio from the end of the interrupting sound. A sound without words is normally
+#: settled sooner, by its empty final transcript; the timeout only decides when the
+#: ASR is late, and then resuming over real words is the bad outcome. Measured in
+#: the barge-in benchmark (SpeechStopped → final transcript, which comes 0.5 s after
+#: the sound): p95 1.65 s on a quiet machine, so 2.0 s (LiveKit's default) resumed
+#: over real interruptions; 3.0 s covers it, and the words still interrupt if they
+#: come later (on a loaded machine the p50 was 2.5 s).
+DEFAULT_FALSE_INTERRUPTION_MS = 3000
+
+_WORD = re.compile(r"\w")
+
+
+def has_words(text: str) -> bool:
+    """Whether a transcript holds any word (Whisper may return only punctuation for noise)."""
+    return bool(_WORD.search(text))
+
+
+@dataclass(frozen=True)
+class InterruptionSettings:
+    """How user speech interrupts a response (``Conversation.allow_interruptions`` turns it off).
+
+    ``min_interruption_ms``: voiced user audio needed before the response stops.
+    ``resume_false_interruption``: pause first, cancel only once words arrive, and
+    resume if none do; False cancels as soon as ``min_interruption_ms`` is reached.
+    ``false_interruption_ms``: input audio after the interrupting sound ended, without
+    words, after which the paused response resumes.
+    """
+
+    min_interruption_ms: int = DEFAULT_MIN_INTERRUPTION_MS
+    resume_false_interruption: bool = True
+    false_interruption_ms: int = DEFAULT_FALSE_INTERRUPTION_MS
+
+    def __post_init__(self) -> None:
+        if self.min_interruption_ms < 0:
+            raise ValueError(f"min_interruption_ms must not be negative, got {self.min_interruption_ms}")
+        if self.false_interruption_ms < 0:
+            raise ValueError(f"false_interruption_ms must not be negative, got {self.false_interruption_ms}")
+
+
+@dataclass
+class PendingInterruption:
+    """A paused response waiting for the interrupting speech to yield words (or not).
+
+    ``turns`` are the user turns heard since the pause whose final transcript has not
+    come yet; ``resume_at_ms`` is the input-audio time at which it resumes without words.
+    """
+
+    response: Response
+    turns: set[int] = field(default_factory=set)
+    resume_at_ms: int | None = None
+    paused_at_s: float = 0.0

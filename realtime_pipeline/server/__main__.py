@@ -1,0 +1,68 @@
+"""``python -m realtime_pipeline.server``: an OpenAI-Realtime-compatible server on the local models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import anyio
+import uvicorn
+
+from ..models import ModelNotFoundError
+from .app import DEFAULT_HOST, DEFAULT_PORT, ServerOptions, create_app, uvicorn_config
+from .engines import Engines
+from .session import SessionOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m realtime_pipeline.server",
+        description="Serve the OpenAI Realtime API (WebSocket, beta and GA events) on the local pipeline.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--api-key", default=os.environ.get("REALTIME_PIPELINE_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' (default: $REALTIME_PIPELINE_API_KEY; none: no check)")
+    parser.add_argument("--asr-model", metavar="DIR", help="faster-whisper model directory (default: embedded tiny.en)")
+    parser.add_argument("--llm-model", metavar="GGUF", help="llama.cpp model file (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--voice", metavar="ONNX", help="Piper voice .onnx (default: embedded en_US-joe-medium)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
+    parser.add_argument("--no-pace", action="store_true",
+                        help="send reply audio as fast as it is synthesized (default: at playback rate, so barge-in knows what was heard)")
+    parser.add_argument("--lead-ms", type=int, default=SessionOptions.output_lead_ms,
+                        help="paced audio is sent this far ahead of playback (ms)")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    return parser
+
+
+async def serve(args: argparse.Namespace) -> None:
+    engines = Engines.create(asr_model=args.asr_model, llm_model=args.llm_model, voice=args.voice, threads=args.threads)
+    print("loading and warming up the models...", file=sys.stderr, flush=True)
+    await engines.load()
+    options = ServerOptions(
+        api_key=args.api_key or None,
+        session=SessionOptions(pace_output=not args.no_pace, output_lead_ms=args.lead_ms),
+    )
+    config = uvicorn_config(create_app(engines, options), args.host, args.port, log_level="debug" if args.verbose else "info")
+    print(f"serving ws://{args.host}:{args.port}/v1/realtime", file=sys.stderr, flush=True)
+    await uvicorn.Server(config).serve()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        anyio.run(serve, args)
+    except ModelNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""``python -m benchmarks.latency --limit 2`` end to end on the real models, and the benchmark's helpers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+from benchmarks import latency, tracer_overhead
+from benchmarks.measure import word_error_rate
+from benchmarks.turns import load_turns, last_voiced_sample, normalize_text
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "audio"
+STAGES = ("endpoint", "asr", "llm", "tts", "playback")
+
+
+def _get(report: dict, dotted: str) -> object:
+    value: object = report
+    for key in dotted.split("."):
+        assert isinstance(value, dict) and key in value, f"missing key {dotted}"
+        value = value[key]
+    return value
+
+
+@pytest.fixture
+def audio_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "turns"
+    directory.mkdir()
+    for name in ("question.wav", "follow_up.wav"):
+        shutil.copy(EXAMPLES / name, directory / name)
+    (directory / "transcripts.tsv").write_text(
+        "question.wav\tWhat is the capital of France?\nfollow_up.wav\tAnd what is it famous for?\n", encoding="utf-8")
+    return directory
+
+
+@pytest.mark.models
+def test_latency_benchmark_writes_every_required_key(audio_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    chart = tmp_path / "chart.png"
+    trace = tmp_path / "trace.json"
+    command = [sys.executable, "-m", "benchmarks.latency", "--audio-dir", str(audio_dir), "--limit", "2",
+               "--baseline", "--json", str(out), "--chart", str(chart), "--trace", str(trace), "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "voice_to_voice" in result.stdout and "sequential baseline" in result.stdout
+    report = json.loads(out.read_text(encoding="utf-8"))
+
+    for key in ("summary.voice_to_voice_ms", "summary.after_endpoint_ms", "summary.baseline.time_to_first_audio_ms"):
+        p50, p95 = _get(report, key + ".p50"), _get(report, key + ".p95")
+        assert isinstance(p50, float) and p50 > 0 and p95 >= p50, key
+    stages = _get(report, "summary.stages")
+    assert set(STAGES) <= set(stages)
+    for name in STAGES:
+        assert stages[name]["p50"] >= 0 and stages[name]["p95"] >= stages[name]["p50"], name
+    assert stages["endpoint"]["p50"] > 0
+    assert set(STAGES) <= set(_get(report, "summary.spans_ms"))  # raw spans: the LLM may start ahead (< 0)
+    assert _get(report, "summary.baseline.ratio") > 0
+    assert 0 <= _get(report, "summary.wer") <= 1.0  # clear synthesized speech: Whisper gets most of it
+    assert _get(report, "summary.cold_start_s") > 0
+    assert _get(report, "summary.peak_rss_mb") > 50
+    assert _get(report, "summary.cpu_s_per_min") > 0
+    assert all(_get(report, f"summary.rtf.{m}") > 0 for m in ("asr", "llm", "tts"))
+
+    turns = _get(report, "turns")
+    assert [t["file"] for t in turns] == ["question.wav", "follow_up.wav"]
+    for turn in turns:
+        assert turn["answered"] and turn["transcript"] and turn["reply"] and turn["reference"]
+        stamps = turn["stamps_ms"]
+        assert stamps["user_speech_end"] == 0.0
+        assert 0 < stamps["turn_committed"] <= stamps["first_sample_played"] <= stamps["response_done"]
+        assert turn["spans_ms"]["voice_to_voice"] == pytest.approx(stamps["first_sample_played"], abs=0.2)
+        assert sum(turn["critical_path_ms"].values()) == pytest.approx(turn["spans_ms"]["voice_to_voice"], abs=1.0)
+    assert len(report["baseline_turns"]) == 2
+
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = json.loads(trace.read_text(encoding="utf-8"))["traceEvents"]
+    assert sum(1 for e in events if e["ph"] == "X" and e["cat"] == "llm") == 2
+
+
+def test_barge_in_flag_reports_a_missing_module_cleanly(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "benchmarks.barge_in", None)  # as if benchmarks/barge_in.py were absent
+    assert latency.main(["--barge-in", "--limit", "1"]) == 2
+    assert "barge_in.py" in capsys.readouterr().err
+
+
+def test_bad_audio_dir_is_an_error_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert latency.main(["--audio-dir", str(tmp_path), "--quiet"]) == 2
+    assert "transcripts.tsv" in capsys.readouterr().err
+
+
+def test_last_voiced_sample_finds_the_end_of_a_tone_in_noise() -> None:
+    rate = 16_000
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 30, rate * 2)  # -60 dBFS noise floor
+    t = np.arange(int(rate * 0.8)) / rate
+    audio[rate // 5 : rate // 5 + len(t)] += 8000 * np.sin(2 * np.pi * 220 * t)  # speech from 0.2 s to 1.0 s
+    audio[int(rate * 1.5)] = 20000  # a click later must not count
+    end = last_voiced_sample(audio.astype(np.int16), rate)
+    assert abs(end - rate) <= rate // 100  # within one 10 ms frame of 1.0 s
+
+
+def test_load_turns_subset_is_seeded_and_in_file_order() -> None:
+    first = load_turns(limit=3, seed=1)
+    again = load_turns(limit=3, seed=1)
+    assert [t.name for t in first] == [t.name for t in again]
+    listed = [line.split("\t")[0] for line in (ROOT / "tests/data/speech/transcripts.tsv").read_text().splitlines() if line]
+    assert [t.name for t in first] == sorted((t.name for t in first), key=listed.index)
+    assert all(0 < t.speech_end_sample <= len(t.samples) and t.reference for t in first)
+    assert len(load_turns()) == len(listed)
+
+
+def test_word_error_rate_normalizes_both_sides() -> None:
+    assert normalize_text("Ten of Clubs!") == normalize_text("10 of clubs") == "ten of clubs"
+    assert word_error_rate(["ten of clubs"], ["10 of clubs."]) == 0.0
+    assert word_error_rate(["a b c d"], ["a b"]) == pytest.approx(0.5)
+
+
+def test_tracer_overhead_runs_both_ways() -> None:
+    result = anyio.run(tracer_overhead.measure, 500, 1)
+    assert result.traced_fps > 0 and result.untraced_fps > 0 and result.ratio > 0

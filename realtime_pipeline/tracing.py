@@ -285,8 +285,12 @@ class Tracer:
         if trace is None:
             return "latency: (no trace)"
         parts = []
-        breakdown = trace.breakdown_ms()
-        for name in (*STAGE_SPANS, *TOTAL_SPANS):
-            if name in breakdown:
-                parts.append(f"{name} {breakdown[name]:.0f} ms")
+        added = trace.critical_path_ms()  # what each stage added: work done ahead counts 0
+        totals = trace.breakdown_ms()
+        for name in STAGE_SPANS:
+            if name in added:
+                parts.append(f"{name} {added[name]:.0f} ms")
+        for name in TOTAL_SPANS:
+            if name in totals:
+                parts.append(f"{name} {totals[name]:.0f} ms")
         return "latency: " + (" | ".join(parts) if parts else "(incomplete)")

@@ -26,8 +26,12 @@ from .response import Response, ResponseStatus
 
 log = logging.getLogger(__name__)
 
-#: Short and plain: the embedded SmolLM2-135M drifts (into French, or lists) with longer prompts.
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant. Reply in one or two short sentences."
+#: The embedded SmolLM2-135M's own training prompt plus a length hint: with it the model answered
+#: "What is the capital of France?" in English 8 times of 8; with a generic assistant prompt it
+#: drifted into French 5 times of 8. Pass your own prompt for another model.
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Reply in one or two short sentences."
+)
 
 
 @dataclass(frozen=True)

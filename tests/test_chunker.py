@@ -17,6 +17,18 @@ def test_first_chunk_ends_at_the_first_clause_after_enough_words():
     assert rest == " a city of"
 
 
+def test_a_long_first_clause_is_cut_before_a_phrase_word():
+    chunker = SentenceChunker(first_chunk_min_words=3, first_chunk_max_words=8)
+    text = "Le Grand Paris is famous for its iconic landmarks like Notre Dame Cathedral and"
+    chunks, rest = chunker.split(text, first=True)
+    assert chunks == ["Le Grand Paris is famous"]  # the last phrase word within the first 8 words
+    assert rest == " for its iconic landmarks like Notre Dame Cathedral and"
+    # no phrase word: cut after the eighth word; too few words yet: wait
+    chunks, rest = chunker.split("one two three four five six seven eight nine ten", first=True)
+    assert chunks == ["one two three four five six seven eight"] and rest == " nine ten"
+    assert chunker.split("one two three four five six seven eight", first=True) == ([], "one two three four five six seven eight")
+
+
 def test_later_chunks_are_whole_sentences_and_abbreviations_do_not_split():
     chunker = SentenceChunker()
     chunks, rest = chunker.split(" Dr. Smith lives at 3.5 Main St. in Paris. He likes it. And", first=False)

@@ -18,6 +18,10 @@ from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
 from ..tracing import FIRST_CHUNK
 
 _CLAUSE_END = re.compile(r"[,;:\u2014](?=\s)|[.!?](?=\s)")
+#: Words a spoken phrase naturally starts with: a long first clause is cut before one of them.
+_PHRASE_START = frozenset(
+    "and but or so because like with for in on at to of from that which who when while where as than".split()
+)
 _UNSPEAKABLE = re.compile(r"[*_#`~<>|\[\]{}]+")
 
 
@@ -29,8 +33,12 @@ def speakable(text: str) -> str:
 class SentenceChunker(Stage):
     name = "chunker"
 
-    def __init__(self, *, first_chunk_min_words: int = 3, max_chunk_chars: int = 250) -> None:
+    def __init__(self, *, first_chunk_min_words: int = 3, first_chunk_max_words: int = 8, max_chunk_chars: int = 250) -> None:
+        """The first chunk ends at the first clause boundary after ``first_chunk_min_words``;
+        if none has come by ``first_chunk_max_words``, it is cut before a word that starts a
+        phrase ("like", "and", "for", ...), or after ``first_chunk_max_words`` words."""
         self.first_chunk_min_words = first_chunk_min_words
+        self.first_chunk_max_words = first_chunk_max_words
         self.max_chunk_chars = max_chunk_chars
         self._segmenter = pysbd.Segmenter(language="en", clean=False)
 
@@ -41,7 +49,7 @@ class SentenceChunker(Stage):
                 head = buffer[: match.end()]
                 if len(head.split()) >= self.first_chunk_min_words:
                     return [head], buffer[match.end() :]
-            return [], buffer
+            return self._cut_long_first(buffer)
         sentences = self._segmenter.segment(buffer)
         if len(sentences) < 2:
             return [], buffer
@@ -53,6 +61,19 @@ class SentenceChunker(Stage):
             else:
                 chunks.append(sentence)
         return chunks, rest
+
+    def _cut_long_first(self, buffer: str) -> tuple[list[str], str]:
+        """No clause boundary yet: once more than ``first_chunk_max_words`` complete words are
+        waiting, speak a phrase instead of waiting for the whole clause."""
+        words = list(re.finditer(r"\S+(?=\s)", buffer))  # complete words only
+        if len(words) <= self.first_chunk_max_words:
+            return [], buffer
+        cut = words[self.first_chunk_max_words].start()
+        for word in reversed(words[self.first_chunk_min_words + 1 : self.first_chunk_max_words + 1]):
+            if word.group().lower().strip("\"'") in _PHRASE_START:
+                cut = word.start()
+                break
+        return [buffer[:cut].rstrip()], " " + buffer[cut:]
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         buffers: dict[Response, str] = {}

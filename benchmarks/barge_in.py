@@ -50,9 +50,10 @@ from realtime_pipeline.conversation import (
     ResponsePaused,
     ResponseResumed,
 )
-from realtime_pipeline.frames import AudioFrame, SpeechStopped, TranscriptFinal
+from realtime_pipeline.frames import SpeechStopped, TranscriptFinal
 from realtime_pipeline.interruption import InterruptionSettings
 from realtime_pipeline.io.outputs import MemoryOutput
+from realtime_pipeline.io.sources import PacedEmitter
 from realtime_pipeline.response import Response
 from realtime_pipeline.stage import Inbox, Outbox, Stage, StageContext
 from realtime_pipeline.stages.vad import VADSettings
@@ -138,27 +139,12 @@ class BargeInSource(Stage):
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         rate = INPUT_SAMPLE_RATE_HZ
-        step = rate * self.frame_ms // 1000
         conversation = ctx.conversation
-        started = anyio.current_time()
-        position = 0
-        silence = np.zeros(step, dtype=np.int16)
-
-        async def emit(samples: np.ndarray) -> None:
-            nonlocal position
-            for offset in range(0, len(samples), step):
-                frame = samples[offset : offset + step]
-                await anyio.sleep_until(started + (position + len(frame)) / rate)
-                await outbox.send(AudioFrame(frame, rate, position, time.monotonic()))
-                position += len(frame)
+        mic = PacedEmitter(outbox, realtime=True, frame_ms=self.frame_ms)
+        started = mic.started_at
 
         async def silence_until(condition: Any) -> bool:
-            deadline = time.monotonic() + WAIT_LIMIT_S
-            while not condition():
-                if time.monotonic() > deadline:
-                    return False
-                await emit(silence)
-            return True
+            return await mic.silence_until(condition, limit_s=WAIT_LIMIT_S)
 
         def heard_up_to(sample: int) -> Any:
             return lambda: conversation.audio_processed_samples >= sample
@@ -173,20 +159,20 @@ class BargeInSource(Stage):
             ahead_ms = 1000.0 * (synthesized - response.played_samples) / (response.output_sample_rate_hz or 1)
             return response if ahead_ms >= onset_ms + self.min_ahead_ms else None
 
-        await emit(np.zeros(self.lead_ms * rate // 1000, dtype=np.int16))
-        await emit(self.question)
-        await emit(np.zeros(self.tail_ms * rate // 1000, dtype=np.int16))
+        await mic.silence(self.lead_ms)
+        await mic.emit(self.question)
+        await mic.silence(self.tail_ms)
         for interrupter in self.interrupters:
-            heard = heard_up_to(position)
+            heard = heard_up_to(mic.position)
             onset_ms = 1000.0 * interrupter.onset_sample / rate
             await silence_until(lambda onset_ms=onset_ms, heard=heard: reply_playing(onset_ms) is not None
                                 or (conversation.idle and heard()))
             target = reply_playing(onset_ms)
-            onset_s = started + (position + interrupter.onset_sample) / rate
-            self.attempts.append(Attempt(interrupter.name, started + position / rate, onset_s, target))
-            await emit(interrupter.samples)
-            await emit(np.zeros(self.tail_ms * rate // 1000, dtype=np.int16))
-        end = position
+            onset_s = started + (mic.position + interrupter.onset_sample) / rate
+            self.attempts.append(Attempt(interrupter.name, started + mic.position / rate, onset_s, target))
+            await mic.emit(interrupter.samples)
+            await mic.silence(self.tail_ms)
+        end = mic.position
         await silence_until(lambda: conversation.idle and heard_up_to(end)())
 
 

@@ -35,7 +35,7 @@ from .frames import (
 )
 from .io.device import AudioDeviceError, MicrophoneSource, SpeakerOutput
 from .io.outputs import AudioOutput, MemoryOutput, PlayedBlock, WavFileOutput
-from .io.sources import MemorySource, WavFileSource
+from .io.sources import MemorySource, PacedEmitter, WavFileSource
 from .models import ModelNotFoundError
 from .pipeline import Pipeline, StageError
 from .response import Response, ResponseStatus
@@ -54,7 +54,7 @@ __all__ = [
     "HistoryEntry", "InterruptionSettings", "ResponsePaused", "ResponseResumed",
     "AudioDeviceError", "AudioFormatError", "AudioFrame", "AudioOutput", "CancelToken", "Cancelled",
     "Conversation", "Frame", "Inbox", "LlamaLLM", "MemoryOutput", "MemorySource", "MicrophoneSource",
-    "ModelNotFoundError", "Outbox", "Pipeline", "PiperTTS", "PlayedBlock", "Player", "ReplyAudio",
+    "ModelNotFoundError", "Outbox", "PacedEmitter", "Pipeline", "PiperTTS", "PlayedBlock", "Player", "ReplyAudio",
     "Response", "ResponseDone", "ResponseEnd", "ResponseInterrupted", "ResponseStarted", "ResponseStatus",
     "SentenceChunker", "SpeakerOutput", "SpeechPaused", "SpeechResumed", "SpeechStarted", "SpeechStopped", "Stage",
     "StageContext", "StageError", "TextChunk", "TextDelta", "Tracer", "TranscriptFinal",

@@ -35,7 +35,7 @@ from realtime_pipeline import (
 )
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ, resample
 from realtime_pipeline.conversation import FunctionCall, FunctionCallOutput, ResponseDone, UserMessage
-from realtime_pipeline.frames import AudioFrame
+from realtime_pipeline.io.sources import PacedEmitter
 from realtime_pipeline.response import Response
 from realtime_pipeline.stages.chunker import speakable
 from realtime_pipeline.stages.llm import LlamaLLM
@@ -220,29 +220,15 @@ class GatedSource(Stage):
         self.first, self.second, self.gate = first, second, gate
 
     async def run(self, ctx, inbox, outbox):
-        rate, step = INPUT_SAMPLE_RATE_HZ, INPUT_SAMPLE_RATE_HZ // 50
-        position = 0
-        started = anyio.current_time()
-        silence = np.zeros(step, dtype=np.int16)
-
-        async def emit(samples: np.ndarray) -> None:
-            nonlocal position
-            for offset in range(0, len(samples), step):
-                frame = samples[offset : offset + step]
-                await anyio.sleep_until(started + (position + len(frame)) / rate)
-                await outbox.send(AudioFrame(frame, rate, position))
-                position += len(frame)
-
-        await emit(np.zeros(rate * 3 // 10, dtype=np.int16))
-        await emit(self.first)
-        while not self.gate.is_set():
-            await emit(silence)
-        await emit(self.second)
-        await emit(np.zeros(rate, dtype=np.int16))
-        heard = position
+        mic = PacedEmitter(outbox)
         conversation = ctx.conversation
-        while conversation.audio_processed_samples < heard or not conversation.idle:
-            await emit(silence)
+        await mic.silence(300)
+        await mic.emit(self.first)
+        await mic.silence_until(self.gate.is_set)
+        await mic.emit(self.second)
+        await mic.silence(1000)
+        heard = mic.position
+        await mic.silence_until(lambda: conversation.audio_processed_samples >= heard and conversation.idle)
 
 
 @pytest.mark.anyio

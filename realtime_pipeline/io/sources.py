@@ -9,7 +9,7 @@ a microphone) or as fast as the pipeline takes it.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -18,6 +18,44 @@ import numpy as np
 from ..audio import INPUT_SAMPLE_RATE_HZ, check_samples, read_wav, resample
 from ..frames import AudioFrame
 from ..stage import Inbox, Outbox, Stage, StageContext
+
+
+class PacedEmitter:
+    """Sends audio downstream as 20 ms frames, keeping the stream position.
+
+    Paced (``realtime=True``) a frame goes out once its last sample has been
+    "spoken", like a microphone; otherwise as fast as the pipeline takes it.
+    Sources and scripted users share it.
+    """
+
+    def __init__(self, outbox: Outbox, *, realtime: bool = True, frame_ms: int = 20) -> None:
+        self.outbox = outbox
+        self.realtime = realtime
+        self.rate_hz = INPUT_SAMPLE_RATE_HZ
+        self.frame_samples = self.rate_hz * frame_ms // 1000
+        self.position = 0
+        self.started_at = anyio.current_time()  # anyio's clock: the pacing reference
+        self._silence = np.zeros(self.frame_samples, dtype=np.int16)
+
+    async def emit(self, samples: np.ndarray) -> None:
+        for offset in range(0, len(samples), self.frame_samples):
+            frame = samples[offset : offset + self.frame_samples]
+            if self.realtime:
+                await anyio.sleep_until(self.started_at + (self.position + len(frame)) / self.rate_hz)
+            await self.outbox.send(AudioFrame(frame, self.rate_hz, self.position, time.monotonic()))
+            self.position += len(frame)
+
+    async def silence(self, ms: int) -> None:
+        await self.emit(np.zeros(ms * self.rate_hz // 1000, dtype=np.int16))
+
+    async def silence_until(self, condition: Callable[[], bool], *, limit_s: float | None = None) -> bool:
+        """Emit silence frame by frame until ``condition()``; False if ``limit_s`` ran out first."""
+        deadline = None if limit_s is None else time.monotonic() + limit_s
+        while not condition():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await self.emit(self._silence)
+        return True
 
 
 class MemorySource(Stage):
@@ -56,38 +94,27 @@ class MemorySource(Stage):
         self.turn_start_samples: list[int] = []
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
-        rate = INPUT_SAMPLE_RATE_HZ
-        position = 0
-        started = anyio.current_time()
-        silence = np.zeros(self.frame_samples, dtype=np.int16)
+        conversation = ctx.conversation
+        mic = PacedEmitter(outbox, realtime=self.realtime, frame_ms=self.frame_samples * 1000 // INPUT_SAMPLE_RATE_HZ)
 
-        async def emit(samples: np.ndarray) -> None:
-            nonlocal position
-            for offset in range(0, len(samples), self.frame_samples):
-                frame = samples[offset : offset + self.frame_samples]
-                if self.realtime:  # a frame is available once its last sample has been "spoken"
-                    await anyio.sleep_until(started + (position + len(frame)) / rate)
-                await outbox.send(AudioFrame(frame, rate, position, time.monotonic()))
-                position += len(frame)
+        def replied(heard_up_to: int) -> bool:
+            # the VAD must have heard the turn before "idle" means anything
+            return conversation.audio_processed_samples >= heard_up_to and conversation.idle
 
-        async def wait_for_reply() -> None:
-            conversation = ctx.conversation
-            heard_up_to = position  # the VAD must have heard the turn before "idle" means anything
-            while conversation.audio_processed_samples < heard_up_to or not conversation.idle:
-                if self.realtime:
-                    await emit(silence)
-                else:
-                    await anyio.sleep(0.01)
-
-        await emit(np.zeros(self.lead_silence_ms * rate // 1000, dtype=np.int16))
+        await mic.silence(self.lead_silence_ms)
         for index, turn in enumerate(self.turns):
-            self.turn_start_samples.append(position)
-            await emit(turn)
-            await emit(np.zeros(self.trailing_silence_ms * rate // 1000, dtype=np.int16))
+            self.turn_start_samples.append(mic.position)
+            await mic.emit(turn)
+            await mic.silence(self.trailing_silence_ms)
             if self.wait_for_reply:
-                await wait_for_reply()
+                heard_up_to = mic.position
+                if self.realtime:  # a microphone hears silence while the reply plays
+                    await mic.silence_until(lambda: replied(heard_up_to))
+                else:
+                    while not replied(heard_up_to):
+                        await anyio.sleep(0.01)
                 if index + 1 < len(self.turns):
-                    await emit(np.zeros(self.gap_ms * rate // 1000, dtype=np.int16))
+                    await mic.silence(self.gap_ms)
 
 
 class WavFileSource(MemorySource):

@@ -692,9 +692,12 @@ class LlamaLLM(ChatLLM):
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def prompt_budget_tokens(self) -> int:
-        """The context less the reply's tokens and :data:`PROMPT_RESERVE_TOKENS` (template, tool list)."""
+        """The context less the reply's tokens and :data:`PROMPT_RESERVE_TOKENS` (template, tool list).
+
+        A reply cap above a quarter of the context does not shrink the history further: llama.cpp
+        ends such a reply at the end of the context instead."""
         tools = sum(estimate_tokens(f"- {tool.name}: {tool.description}") for tool in self.tools)
-        return max(64, self.n_ctx - self.max_tokens - PROMPT_RESERVE_TOKENS - tools)
+        return max(64, self.n_ctx - min(self.max_tokens, self.n_ctx // 4) - PROMPT_RESERVE_TOKENS - tools)
 
     def _stream(self, messages: list[dict[str, str]], token: CancelToken, *, prompt: PromptTokens | None = None,
                 **options: Any) -> Iterator[str]:

@@ -14,12 +14,14 @@ Per interruption:
   within 30 dB of its speech level, above -50 dBFS) → the end of the last block
   of the interrupted response that the speaker actually played;
 * leaked: any block of that response played after it was stopped (its pause, or
-  its cancel if it was never paused). Must be 0.
+  its cancel if it was never paused). Must be 0 (``leaked_turns``).
 
-A negative ``barge_in_ms`` means the VAD reacted to a sound before the words'
-energy onset (a breath, the recording's noise floor); ``barge_in_ms_from_words``
-leaves those out. ``resumed_by_timeout`` counts pauses that ``false_interruption_ms``
-ended before the ASR delivered the words (then their late words still interrupt).
+An interruption is measured only when the reply was still playing at the user's
+onset; when the VAD stopped it before (on a breath, the recording's noise floor)
+it is counted in ``vad_before_onset`` instead, so no latency is negative.
+``measured`` is the number of interruptions measured. ``resumed_by_timeout``
+counts pauses that ``false_interruption_ms`` ended before the ASR delivered the
+words (then their late words still interrupt).
 
 ``python -m benchmarks.barge_in`` runs it (``--help`` for options);
 ``python -m benchmarks.barge_in --measure-threshold`` prints the measurement
@@ -197,6 +199,7 @@ def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[fl
     """
     records: list[dict[str, Any]] = []
     barge_in_ms: list[float] = []
+    before_onset = 0
     leaked_responses: set[str] = set()
     tolerance_s = 2.0 / output.sample_rate_hz  # the flush rounds to whole samples
     for index, attempt in enumerate(attempts):
@@ -222,10 +225,14 @@ def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[fl
         if not ends:
             record["note"] = "no audio of it had played"
             continue
-        # Negative: the VAD reacted to a sound (a breath) before the energy onset of the words.
-        record["barge_in_ms"] = round(1000.0 * (max(ends) - attempt.onset_s), 1)
-        barge_in_ms.append(record["barge_in_ms"])
         record["interrupted"] = cancel is not None
+        if max(ends) < attempt.onset_s:  # silent before the words began: nothing to measure from the onset
+            record["note"] = "stopped before the speech onset (the VAD reacted to a breath or noise)"
+            record["stopped_before_onset_ms"] = round(1000.0 * (attempt.onset_s - max(ends)), 1)
+            before_onset += 1
+        else:
+            record["barge_in_ms"] = round(1000.0 * (max(ends) - attempt.onset_s), 1)
+            barge_in_ms.append(record["barge_in_ms"])
         if cancel is None:
             record["note"] = "resumed: played on"
             continue
@@ -245,10 +252,9 @@ def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[fl
             confirm_ms=round(1000.0 * (cancel.at_s - attempt.onset_s), 1),
         )
     return {
-        "barge_in_ms": _percentiles(barge_in_ms),
-        # Without the turns where the VAD fired on the file's noise floor or a breath before the words:
-        "barge_in_ms_from_words": _percentiles([v for v in barge_in_ms if v >= 0]),
-        "vad_before_onset": sum(1 for v in barge_in_ms if v < 0),
+        # leaked_turns and measured also inside, so summary.barge_in_ms has them
+        "barge_in_ms": {**_percentiles(barge_in_ms), "measured": len(barge_in_ms), "leaked_turns": len(leaked_responses)},
+        "vad_before_onset": before_onset,
         "leaked_turns": len(leaked_responses),
         "attempts": len(attempts),
         "measured": len(barge_in_ms),
@@ -406,7 +412,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for record in result["turns"]:
         print(json.dumps({k: v for k, v in record.items() if k not in ("reply_text",)}))
     summary = {"barge_in_ms": {k: result["barge_in_ms"][k] for k in ("p50", "p95")},
-               "barge_in_ms_from_words": {k: result["barge_in_ms_from_words"][k] for k in ("p50", "p95")},
                "vad_before_onset": result["vad_before_onset"], "leaked_turns": result["leaked_turns"],
                "measured": result["measured"], "attempts": result["attempts"],
                "resumed_by_timeout": result["resumed_by_timeout"],

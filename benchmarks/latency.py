@@ -42,10 +42,12 @@ from .measure import Models, ModelTimer, UsageMeter, peak_rss_mb, word_error_rat
 from .streaming import build_streaming, play, turn_records
 from .turns import DEFAULT_AUDIO_DIR, load_turns
 
-#: Defaults chosen so a full run (with --baseline) stays well under 4 minutes on 2 cores:
-#: every reply is played at real-time pace, so reply length dominates the run time.
-DEFAULT_LIMIT = 8
-DEFAULT_MAX_TOKENS = 40
+#: By default one long conversation of every bundled turn (30): latency must stay flat over
+#: dozens of turns. Replies are played at real-time pace, so their cap sets the run time.
+DEFAULT_LIMIT = 0
+DEFAULT_MAX_TOKENS = 24
+#: Peak RSS is noted after this many turns and at the end (memory must not grow with the history).
+RSS_TURN = 10
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio-dir", type=Path, default=DEFAULT_AUDIO_DIR,
                         help="WAV files and a transcripts.tsv (filename<TAB>text); default: the bundled tests/data/speech")
     parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT,
-                        help=f"number of turns, a random subset chosen with --seed (default {DEFAULT_LIMIT}; 0 = all)")
+                        help="number of turns, a random subset chosen with --seed (default 0 = all, one long conversation)")
     parser.add_argument("--seed", type=int, default=0, help="chooses the turns and seeds the LLM's sampling (default 0)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS}: replies play in real time)")
@@ -146,12 +148,18 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
         playing = progress.add_task("streaming: playing turns in real time", total=len(turns))
         timer = ModelTimer(models)
         meter = UsageMeter()
+        rss_by_turn: dict[int, float] = {}
+
+        def on_turn(k: int) -> None:
+            progress.update(playing, completed=k, description=f"streaming: turn {k + 1} {turns[k].name}")
+            note_rss(rss_by_turn, k)
+
         try:
-            await play(streaming, on_turn=lambda k: progress.update(playing, completed=k,
-                                                                    description=f"streaming: turn {k + 1} {turns[k].name}"))
+            await play(streaming, on_turn=on_turn)
         finally:
             timer.remove()
         usage = meter.stop()
+        rss_by_turn[len(turns)] = peak_rss_mb()
         progress.update(playing, completed=len(turns), description="streaming: done")
         records = turn_records(streaming, turns)
         turn_taking.mark_cut_offs(streaming, records, turns)
@@ -206,6 +214,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "hits": streaming.pipeline.conversation.speculation_hits,
             "misses": streaming.pipeline.conversation.speculation_misses,
         },
+        **long_conversation_summary(records, rss_by_turn, streaming.pipeline.conversation),
         "asr": {
             "window": "full" if args.full_window else "fitted",
             "passes": models.asr.stats.finals_run + models.asr.stats.partials_run,
@@ -243,6 +252,26 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
     }
 
 
+def note_rss(rss_by_turn: dict[int, float], started: int) -> None:
+    """When turn ``started`` + 1 begins, ``started`` turns are done: note the peak RSS after RSS_TURN."""
+    if started == RSS_TURN:
+        rss_by_turn[RSS_TURN] = peak_rss_mb()
+
+
+def long_conversation_summary(records: list[dict[str, Any]], rss_by_turn: dict[int, float],
+                              conversation: Any) -> dict[str, Any]:
+    """Does latency stay flat over the conversation: per third, memory by turn, the worst turns,
+    the prompt tokens evaluated per turn and the history window's trims."""
+    window = conversation.history_window
+    return {
+        "by_conversation_third": reporting.by_conversation_third(records),
+        "peak_rss_mb_by_turn": dict(sorted(rss_by_turn.items())),
+        "worst_turns": reporting.worst_turns(records),
+        "prompt_tokens_evaluated": reporting.stats([r.get("counts", {}).get("prompt_tokens_evaluated") for r in records]),
+        "history_window": {"budget_tokens": window.effective_budget_tokens, "trims": window.trims},
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -266,6 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace_summary = report.pop("_trace_summary")
     tracer = report.pop("_tracer")
     reporting.print_report(out, report, trace_summary)
+    reporting.print_long_conversation(out, report["summary"])
     out.print(reporting.turn_table(report["turns"]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

@@ -112,7 +112,8 @@ def print_report(console: Console, report: dict[str, Any], trace_summary: TraceS
     barge_in = summary.get("barge_in_ms")
     if isinstance(barge_in, dict):
         console.print(f"barge-in, user speech onset → reply silent: p50 {_fmt(barge_in.get('p50'))} ms, "
-                      f"p95 {_fmt(barge_in.get('p95'))} ms (benchmarks/barge_in.py)")
+                      f"p95 {_fmt(barge_in.get('p95'))} ms over {barge_in.get('measured', '-')} interruptions, "
+                      f"leaked turns {barge_in.get('leaked_turns', '-')} (benchmarks/barge_in.py)")
 
 
 def _end_of_turn(summary: dict[str, Any]) -> str:
@@ -200,3 +201,112 @@ def write_chart(path: str | Path, traces: Sequence[TurnTrace], baseline_ms: Sequ
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+# -- a long conversation: does latency stay flat? ----------------------------------------------
+#: The last third's voice-to-voice p50 may be this much slower than the first's before a warning.
+THIRD_SLOWDOWN_LIMIT = 1.15
+
+
+def _p50(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return SpanStats.of(present).p50_ms if present else None
+
+
+def by_conversation_third(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per third of the conversation (turns in order): p50 of ``voice_to_voice``, ``after_endpoint``,
+    the ``llm`` span (what it added to the wait) and the reply's prompt tokens evaluated, and a
+    ``warning`` when the last third's voice-to-voice p50 is more than 15 % above the first's."""
+    count = len(records)
+    bounds = [round(count * k / 3) for k in range(4)]
+    thirds = []
+    for k in range(3):
+        part = records[bounds[k] : bounds[k + 1]]
+        thirds.append({
+            "turns": [bounds[k] + 1, bounds[k + 1]],
+            "voice_to_voice_p50_ms": _p50([r.get("spans_ms", {}).get("voice_to_voice") for r in part]),
+            "after_endpoint_p50_ms": _p50([r.get("spans_ms", {}).get("after_endpoint") for r in part]),
+            "llm_p50_ms": _p50([r.get("critical_path_ms", {}).get("llm") for r in part]),
+            "llm_span_p50_ms": _p50([r.get("spans_ms", {}).get("llm") for r in part]),
+            "prompt_tokens_evaluated_p50": _p50([r.get("counts", {}).get("prompt_tokens_evaluated") for r in part]),
+            "prompt_tokens_p50": _p50([r.get("counts", {}).get("prompt_tokens") for r in part]),
+        })
+    first, last = thirds[0]["voice_to_voice_p50_ms"], thirds[2]["voice_to_voice_p50_ms"]
+    ratio = last / first if first and last is not None else None
+    warning = None
+    if ratio is not None and ratio > THIRD_SLOWDOWN_LIMIT:
+        warning = (f"the last third of the conversation is {100 * (ratio - 1):.0f}% slower than the first "
+                   f"(voice-to-voice p50 {last:.0f} vs {first:.0f} ms)")
+    return {"thirds": thirds, "last_over_first_voice_to_voice": ratio, "warning": warning}
+
+
+def _cause(stage: str, record: dict[str, Any]) -> str:
+    """Why this turn's ``stage`` took long, from what its trace recorded."""
+    counts = record.get("counts", {})
+    spans = record.get("spans_ms", {})
+    if stage == "endpoint":
+        return f"end of turn decided {spans.get('endpoint', 0):.0f} ms after the speech ended"
+    if stage == "asr":
+        pass_ms = counts.get("asr_final_pass_ms")
+        text = "the final Whisper pass ran after the commit"
+        if "asr_preview" not in record.get("stamps_ms", {}):
+            text += " (no early final usable: speech resumed or ended elsewhere)"
+        if pass_ms is not None:
+            text += f"; it took {pass_ms} ms"
+        if counts.get("asr_window_fallbacks"):
+            text += " with a full-window retry after a loop"
+        return text
+    if stage == "llm":
+        evaluated, total = counts.get("prompt_tokens_evaluated"), counts.get("prompt_tokens")
+        if evaluated is None:
+            return "waiting for the LLM's first token"
+        return f"first token after evaluating {evaluated} of {total} prompt tokens"
+    if stage == "tts":
+        stamps = record.get("stamps_ms", {})
+        token, chunk, audio = stamps.get("llm_first_token"), stamps.get("first_chunk"), stamps.get("tts_first_audio")
+        if token is None or chunk is None or audio is None:
+            return "waiting for the first synthesized audio"
+        return f"first speakable clause {chunk - token:.0f} ms after the first token, synthesized in {audio - chunk:.0f} ms"
+    return "writing the first block to the output"
+
+
+def worst_turns(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per stage, the turn where it added the most to the wait (file, turn number, ms, cause),
+    and the worst turn by ``after_endpoint`` with the stage that dominated it."""
+    worst: dict[str, Any] = {}
+    for stage in STAGE_SPANS:
+        candidates = [(r["critical_path_ms"][stage], r) for r in records if stage in r.get("critical_path_ms", {})]
+        if candidates:
+            value, record = max(candidates, key=lambda c: c[0])
+            worst[stage] = {"turn": record["index"] + 1, "file": record["file"], "ms": value, "cause": _cause(stage, record)}
+    totals = [(r["spans_ms"]["after_endpoint"], r) for r in records if "after_endpoint" in r.get("spans_ms", {})]
+    if totals:
+        value, record = max(totals, key=lambda c: c[0])
+        path = {k: v for k, v in record.get("critical_path_ms", {}).items() if k != "endpoint"}
+        stage = max(path, key=path.get) if path else None
+        worst["after_endpoint"] = {
+            "turn": record["index"] + 1, "file": record["file"], "ms": value, "stage": stage,
+            "cause": _cause(stage, record) if stage else None,
+        }
+    return worst
+
+
+def print_long_conversation(console: Console, summary: dict[str, Any]) -> None:
+    """The per-third table, the warning, memory by turn and the worst turns."""
+    thirds = summary.get("by_conversation_third")
+    if thirds:
+        table = Table(title="latency over the conversation, by third (p50)", title_justify="left")
+        for column in ("turns", "voice_to_voice ms", "after_endpoint ms", "llm ms", "prompt tokens evaluated", "prompt tokens"):
+            table.add_column(column, justify="right")
+        for third in thirds["thirds"]:
+            table.add_row(f"{third['turns'][0]}–{third['turns'][1]}", _fmt(third["voice_to_voice_p50_ms"]),
+                          _fmt(third["after_endpoint_p50_ms"]), _fmt(third["llm_p50_ms"]),
+                          _fmt(third["prompt_tokens_evaluated_p50"]), _fmt(third["prompt_tokens_p50"]))
+        console.print(table)
+        if thirds.get("warning"):
+            console.print(f"[yellow]warning: {thirds['warning']}[/yellow]")
+    rss = summary.get("peak_rss_mb_by_turn") or {}
+    if rss:
+        console.print("peak RSS by turn: " + ", ".join(f"after turn {turn}: {mb:.0f} MB" for turn, mb in rss.items()))
+    for stage, worst in (summary.get("worst_turns") or {}).items():
+        console.print(f"worst {stage}: turn {worst['turn']} ({worst['file']}) {worst['ms']:.0f} ms: {worst['cause']}")

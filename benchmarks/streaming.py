@@ -149,6 +149,7 @@ def turn_records(run: StreamingRun, turns: list[Turn]) -> list[dict[str, Any]]:
             record["stamps_ms"] = {name: round(1000.0 * (at - speech_end_s), 1) for name, at in trace.ordered_stamps()}
             record["spans_ms"] = {name: round(value, 1) for name, value in trace.breakdown_ms().items()}
             record["critical_path_ms"] = {name: round(value, 1) for name, value in trace.critical_path_ms().items()}
+            record["counts"] = dict(trace.counts)  # prompt tokens evaluated, the final Whisper pass
         response = run.responses.get(turn_id) if turn_id is not None else None
         if response is not None:
             record["reply_played_s"] = round(response.played_ms / 1000.0, 3)

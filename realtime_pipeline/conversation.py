@@ -21,6 +21,7 @@ import anyio
 
 from .cancellation import CancelToken
 from .frames import SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
+from .history_window import HistoryWindow
 from .interruption import InterruptionSettings, PendingInterruption, has_words
 from .response import Response, ResponseStatus
 
@@ -132,21 +133,29 @@ class HistoryEntry:
 
 class Conversation:
     """History, responses and turns. ``allow_interruptions=False`` plays every reply to the end
-    (a turn heard meanwhile is answered after it); ``interruptions`` tunes barge-in."""
+    (a turn heard meanwhile is answered after it); ``interruptions`` tunes barge-in.
+
+    ``history_window`` decides which part of the history the LLM's prompt holds (a token budget,
+    append-only so llama.cpp's KV cache is reused; see :mod:`.history_window`);
+    ``max_history_messages`` also caps it in messages.
+    """
 
     def __init__(
         self,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         *,
         allow_interruptions: bool = True,
-        max_history_messages: int = 16,
+        max_history_messages: int | None = None,
         interruptions: InterruptionSettings | None = None,
         speculation: bool = True,
+        history_window: HistoryWindow | None = None,
     ) -> None:
         self.system_prompt = system_prompt
         self.allow_interruptions = allow_interruptions
         self.interruptions = interruptions or InterruptionSettings()
-        self.max_history_messages = max_history_messages
+        self.history_window = history_window or HistoryWindow()
+        if max_history_messages is not None:
+            self.history_window.max_messages = max_history_messages
         self.token = CancelToken()
         self.items: list[UserMessage | Response | FunctionCall | FunctionCallOutput] = []
         self.active_response: Response | None = None
@@ -429,31 +438,47 @@ class Conversation:
         else:
             self.items.append(item)
 
+    @property
+    def max_history_messages(self) -> int | None:
+        """The history window's cap in messages (None: only its token budget)."""
+        return self.history_window.max_messages
+
+    @max_history_messages.setter
+    def max_history_messages(self, value: int | None) -> None:
+        self.history_window.max_messages = value
+
     def messages(self) -> list[dict[str, Any]]:
-        """Chat messages for the LLM: system prompt and the recent history as heard.
+        """Chat messages for the LLM: system prompt and the history as heard, in the window.
 
         Tool calls and results use the Chat Completions form (an assistant
-        message with ``tool_calls``, then a ``tool`` message).
+        message with ``tool_calls``, then a ``tool`` message). The history is
+        append-only until the window's budget, so the prompt's prefix stays the
+        same from turn to turn (see :mod:`.history_window`).
         """
-        history: list[dict[str, Any]] = []
-        for item in self.items:
-            if isinstance(item, UserMessage):
-                history.append({"role": "user", "content": item.text})
-            elif isinstance(item, FunctionCall):
-                call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
-                history.append({"role": "assistant", "content": "", "tool_calls": [call]})
-            elif isinstance(item, FunctionCallOutput):
-                history.append({"role": "tool", "tool_call_id": item.call_id, "content": item.output})
-            elif item.status is not ResponseStatus.ACTIVE:
-                content = item.history_text()
-                if content:
-                    history.append({"role": "assistant", "content": content})
-            elif not self.allow_interruptions and item is not self.active_response and item.text:
-                history.append({"role": "assistant", "content": item.text})  # will be played in full
-        history = history[-self.max_history_messages :]
-        while history and history[0]["role"] != "user":
-            history.pop(0)
-        return [{"role": "system", "content": self.system_prompt}, *history]
+        entries = [(item, message) for item in self.items if (message := self.history_message(item)) is not None]
+        system = self.system_message()
+        return [system, *self.history_window.select(system, entries)]
+
+    def system_message(self) -> dict[str, Any]:
+        return {"role": "system", "content": self.system_prompt}
+
+    def history_message(self, item: object) -> dict[str, Any] | None:
+        """The chat message of one history item (None: not in the prompt, e.g. a reply still being written)."""
+        if isinstance(item, UserMessage):
+            return {"role": "user", "content": item.text}
+        if isinstance(item, FunctionCall):
+            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            return {"role": "assistant", "content": "", "tool_calls": [call]}
+        if isinstance(item, FunctionCallOutput):
+            return {"role": "tool", "tool_call_id": item.call_id, "content": item.output}
+        if not isinstance(item, Response):
+            return None
+        if item.status is not ResponseStatus.ACTIVE:
+            content = item.history_text()
+            return {"role": "assistant", "content": content} if content else None
+        if not self.allow_interruptions and item is not self.active_response and item.text:
+            return {"role": "assistant", "content": item.text}  # will be played in full
+        return None
 
     # -- idle ---------------------------------------------------------------
     @property

@@ -38,6 +38,11 @@ FIRST_SAMPLE_PLAYED = "first_sample_played"  # first reply sample written to the
 RESPONSE_DONE = "response_done"
 RESPONSE_CANCELLED = "response_cancelled"
 
+# Counts of a turn (Tracer.count): the reply's prompt, in tokens, as llama.cpp read it.
+PROMPT_TOKENS = "prompt_tokens"                        # the whole prompt
+PROMPT_TOKENS_CACHED = "prompt_tokens_cached"          # reused from the KV cache
+PROMPT_TOKENS_EVALUATED = "prompt_tokens_evaluated"    # evaluated for this reply (the rest)
+
 STAMP_ORDER = (
     USER_SPEECH_END, VAD_SPEECH_STOPPED, TURN_COMMITTED, ASR_FINAL, LLM_FIRST_TOKEN,
     FIRST_CHUNK, TTS_FIRST_AUDIO, FIRST_SAMPLE_PLAYED, RESPONSE_DONE, RESPONSE_CANCELLED,
@@ -72,6 +77,7 @@ class TurnTrace:
     turn_id: int
     stamps: dict[str, float] = field(default_factory=dict)
     texts: dict[str, str] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def span_ms(self, start: str, end: str) -> float | None:
         if start in self.stamps and end in self.stamps:
@@ -123,6 +129,7 @@ class TurnTrace:
             "spans_ms": self.breakdown_ms(),
             "critical_path_ms": self.critical_path_ms(),
             "texts": dict(self.texts),
+            "counts": dict(self.counts),
         }
 
 
@@ -219,6 +226,13 @@ class Tracer:
             trace = self.turns[turn_id] = TurnTrace(turn_id)
         if overwrite or name not in trace.stamps:
             trace.stamps[name] = self.clock() if at_s is None else at_s
+
+    def count(self, turn_id: int, name: str, value: int) -> None:
+        """Record a count for ``turn_id`` (e.g. :data:`PROMPT_TOKENS_EVALUATED`); the last one wins."""
+        if not self.enabled:
+            return
+        trace = self.turns.setdefault(turn_id, TurnTrace(turn_id))
+        trace.counts[name] = value
 
     def note(self, turn_id: int, key: str, text: str) -> None:
         """Attach a text (user transcript, reply) to a turn's trace."""

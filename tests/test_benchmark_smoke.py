@@ -68,8 +68,19 @@ def test_latency_benchmark_writes_every_required_key(audio_dir: Path, tmp_path: 
     assert _get(report, "summary.cpu_s_per_min") > 0
     assert all(_get(report, f"summary.rtf.{m}") > 0 for m in ("asr", "llm", "tts"))
 
+    thirds = _get(report, "summary.by_conversation_third.thirds")
+    assert [t["turns"] for t in thirds] == [[1, 1], [2, 1], [2, 2]]  # 2 turns: the middle third is empty
+    assert thirds[0]["voice_to_voice_p50_ms"] > 0 and thirds[2]["prompt_tokens_evaluated_p50"] > 0
+    assert list(_get(report, "summary.peak_rss_mb_by_turn")) == ["2"]  # turn 10 never came
+    worst = _get(report, "summary.worst_turns")
+    assert set(STAGES) <= set(worst) and worst["after_endpoint"]["turn"] in (1, 2) and worst["llm"]["cause"]
+
     turns = _get(report, "turns")
     assert [t["file"] for t in turns] == ["question.wav", "follow_up.wav"]
+    # the second turn's prompt starts with all of the first turn's, read from the KV cache
+    first, second = turns[0]["counts"], turns[1]["counts"]
+    assert second["prompt_tokens_cached"] >= first["prompt_tokens"] - 1
+    assert second["prompt_tokens_cached"] + second["prompt_tokens_evaluated"] == second["prompt_tokens"]
     for turn in turns:
         assert turn["answered"] and turn["transcript"] and turn["reply"] and turn["reference"]
         stamps = turn["stamps_ms"]

@@ -705,11 +705,13 @@ def test_history_with_tool_items_renders_for_plain_chat_templates():
     rendered = render_for_template(conversation.messages())
     assert [m["role"] for m in rendered] == ["system", "user", "system", "assistant"]
     assert rendered[2]["content"].endswith('{"conditions": "sunny"}')
-    # trimming never starts the history with a tool call or result
-    conversation.max_history_messages = 3
-    assert [m["role"] for m in conversation.messages()] == ["system"]
+    # trimming never starts the history with a tool call or result: it cuts before a user message
     conversation.max_history_messages = 4
     assert [m["role"] for m in conversation.messages()] == ["system", "user", "assistant", "tool", "assistant"]
+    conversation.max_history_messages = 3
+    assert [m["role"] for m in conversation.messages()] == ["system", "user", "assistant", "tool", "assistant"]
+    conversation.begin_response(2, "and tomorrow?")
+    assert [m["role"] for m in conversation.messages()] == ["system", "user"]
 
 
 # -- the argument grammar's schema helpers ----------------------------------------------------

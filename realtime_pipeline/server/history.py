@@ -17,20 +17,21 @@ class SystemNote:
 
 
 class ServerConversation(Conversation):
-    """A Conversation whose history may also hold client-added system messages."""
+    """A Conversation whose history may also hold client-added system messages.
 
-    def messages(self) -> list[dict[str, Any]]:
+    The prompt is rendered by :meth:`Conversation.messages`, so a session's history has the
+    same token budget as the library's (append-only, trimmed in one step: llama.cpp reuses
+    its KV cache from turn to turn).
+    """
+
+    def system_message(self) -> dict[str, Any]:
         notes = [item.text for item in self.items if isinstance(item, SystemNote)]
-        if not notes:
-            return super().messages()
-        items = self.items
-        self.items = [item for item in items if not isinstance(item, SystemNote)]
-        try:
-            messages = super().messages()
-        finally:
-            self.items = items
-        messages[0] = {"role": "system", "content": "\n\n".join([messages[0]["content"], *notes])}
-        return messages
+        return {"role": "system", "content": "\n\n".join([self.system_prompt, *notes])}
+
+    def history_message(self, item: object) -> dict[str, Any] | None:
+        if isinstance(item, SystemNote):
+            return None  # folded into the system prompt
+        return super().history_message(item)
 
 
 def finished_response(text: str, turn_id: int = 0) -> Response:

@@ -150,6 +150,7 @@ class ResponsesMixin:
         if response.cancelled:  # the user was already talking over it
             return
         llm = self.engines.llm_view(temperature=request.temperature, max_tokens=max_tokens_of(request.max_output_tokens, self.engines.llm.max_tokens))
+        llm.bind_history(self.conversation)  # the prompt's token budget, before any messages() of this response
         registry = self._registry(request.tools)
         tool = await self._decide(llm, registry, request.tool_choice, response)
         if response.cancelled:

@@ -19,12 +19,18 @@ tokens per second of audio (far above any speaking rate) is taken for such a
 loop and redone on the full window. Measured on the 30 bundled recordings: WER
 0.181 with a 10 s margin vs 0.197 with the full window (docs/latency.md).
 ``window_margin_s=None`` restores faster-whisper's full-window transcription.
+
+Every pass is bounded, as it runs on the live path: one greedy decode (no
+temperature-fallback retries, each a full decode: one turn's final pass took
+10.1 s with them) of at most ``max_tokens_per_s`` tokens per second of audio;
+when the full-window pass loops too, the better scored of the two is kept.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +51,10 @@ from ..frames import (
 )
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..tracing import ASR_FINAL, ASR_PREVIEW
+
+#: Tracer counts of a turn: how long its final Whisper pass took, and whether it was a loop fallback.
+ASR_FINAL_PASS_MS = "asr_final_pass_ms"
+ASR_WINDOW_FALLBACKS = "asr_window_fallbacks"
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +172,24 @@ class WhisperASR(Stage):
             suppress_tokens=self._suppress,
         )[0]
         tokens = [token for token in result.sequences_ids[0] if token < self._tokenizer.eot]
-        if len(tokens) >= budget:  # repeating itself instead of ending: trust only the full window
+        if len(tokens) >= budget:  # repeating itself instead of ending: try the full window, once
             self.stats.window_fallbacks += 1
-            return self._transcribe_full_window(audio)
+            text, looped, logprob = self._full_window_pass(audio)
+            if not looped or logprob >= result.scores[0]:
+                return text
+            return self._tokenizer.decode(tokens[:budget]).strip()  # both loop: the better scored
         if result.no_speech_prob > 0.6 and result.scores[0] < -1.0:
             return ""  # Whisper's guess on silence or noise
         return self._tokenizer.decode(tokens).strip()
 
     def _transcribe_full_window(self, audio: np.ndarray) -> str:
+        return self._full_window_pass(audio)[0]
+
+    def _full_window_pass(self, audio: np.ndarray) -> tuple[str, bool, float]:
+        """One bounded faster-whisper pass on the full window: (text, whether a 30 s window hit
+        its token cap, the mean log probability of its tokens)."""
+        window_s = min(30.0, len(audio) / INPUT_SAMPLE_RATE_HZ)
+        max_new_tokens = int(6 + self.max_tokens_per_s * window_s)
         segments, _ = self._model.transcribe(
             audio,
             language=self.language,
@@ -177,13 +197,20 @@ class WhisperASR(Stage):
             without_timestamps=True,
             condition_on_previous_text=False,
             vad_filter=False,
+            temperature=0.0,  # one decode: no fallback retries on the live path
+            max_new_tokens=max_new_tokens,
         )
         words = []
+        looped = False
+        logprobs: list[float] = []
         for segment in segments:
+            looped = looped or len(segment.tokens) >= max_new_tokens
+            logprobs.append(segment.avg_logprob)
             if segment.no_speech_prob > 0.6 and segment.avg_logprob < -1.0:
                 continue  # Whisper's guess on silence or noise
             words.append(segment.text.strip())
-        return " ".join(word for word in words if word)
+        logprob = float(np.mean(logprobs)) if logprobs else float("-inf")
+        return " ".join(word for word in words if word), looped, logprob
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         conversation, tracer = ctx.conversation, ctx.tracer
@@ -211,7 +238,10 @@ class WhisperASR(Stage):
                 while finals or partial_request:
                     if finals:
                         job = finals.pop(0)
+                        began, fallbacks = time.perf_counter(), self.stats.window_fallbacks
                         job.text = await anyio.to_thread.run_sync(self.transcribe, job.audio)
+                        tracer.count(job.turn_id, ASR_FINAL_PASS_MS, round(1000.0 * (time.perf_counter() - began)))
+                        tracer.count(job.turn_id, ASR_WINDOW_FALLBACKS, self.stats.window_fallbacks - fallbacks)
                         self.stats.finals_run += 1
                         job.done.set()
                         continue

@@ -27,7 +27,9 @@ import re
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ from .. import models
 from ..cancellation import CancelToken
 from ..conversation import Conversation, FunctionCall, FunctionCallOutput
 from ..frames import ResponseEnd, TextDelta, TranscriptFinal, TranscriptPreview
+from ..history_window import estimate_tokens
 from ..interruption import has_words
 from ..response import Response
 from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
@@ -54,7 +57,7 @@ from ..tools import (
     ToolResult,
     as_registry,
 )
-from ..tracing import LLM_FIRST_TOKEN
+from ..tracing import LLM_FIRST_TOKEN, PROMPT_TOKENS, PROMPT_TOKENS_CACHED, PROMPT_TOKENS_EVALUATED
 from ..turn_taking import TEXT_MODEL, TurnScore
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,21 @@ ToolsSpec = ToolRegistry | Iterable[Tool | Callable[..., Any]] | None
 # Tracer stamps of a turn with tool calls (first call's start, last call's end).
 TOOL_CALL_STARTED = "tool_call_started"
 TOOL_CALL_DONE = "tool_call_done"
+
+
+@dataclass
+class PromptTokens:
+    """One generation's prompt as llama.cpp read it: ``cached`` tokens reused from its KV cache
+    (``shifted`` of them kept by a context shift past trimmed history), ``evaluated`` read anew."""
+
+    cached: int = 0
+    evaluated: int = 0
+    shifted: int = 0
+    measured: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.cached + self.evaluated
 
 
 def render_for_template(messages: Messages) -> list[dict[str, str]]:
@@ -274,6 +292,21 @@ class ChatLLM(Stage):
         self.score_end_of_turn = score_end_of_turn
         self.end_of_turn_cost_ms: list[float] = []
         self._background: TaskGroup | None = None
+        #: The prompt of the last reply generated, if the engine reports it (LlamaLLM does).
+        self.last_prompt_tokens: PromptTokens | None = None
+
+    # -- the prompt's history budget ------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` for this model; engines that cannot tokenize estimate (over-count)."""
+        return estimate_tokens(text)
+
+    def prompt_budget_tokens(self) -> int | None:
+        """Tokens the system prompt and history may take (None: the window's default)."""
+        return None
+
+    def bind_history(self, conversation: Conversation) -> None:
+        """Give the conversation's history window this model's tokenizer and prompt budget."""
+        conversation.history_window.use_model(self.count_tokens, self.prompt_budget_tokens())
 
     # -- the blocking model calls -------------------------------------------------------
     @abstractmethod
@@ -360,6 +393,7 @@ class ChatLLM(Stage):
         requested = self.tool_choice if tool_choice is None else tool_choice
         choice = registry.resolve(requested) if len(registry) else ToolChoice("none")
         calls = 0
+        self.bind_history(ctx.conversation)
         while not response.cancelled:
             step = self._step_choice(choice, calls, registry)
             messages = ctx.conversation.messages()  # ends with the user's turn, or the last tool result
@@ -398,6 +432,7 @@ class ChatLLM(Stage):
         return choice if calls == 0 else self.followup_tool_choice
 
     async def _stream_text(self, ctx: StageContext, response: Response, outbox: Outbox, messages: Messages) -> None:
+        self.last_prompt_tokens = None
         replies = self.stream_reply(messages, response.token)
         try:
             while not response.cancelled:
@@ -411,6 +446,11 @@ class ChatLLM(Stage):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(replies.close)
+            prompt = self.last_prompt_tokens
+            if prompt is not None and prompt.measured:  # the turn's last reply wins (a missed speculation's is replaced)
+                ctx.tracer.count(response.turn_id, PROMPT_TOKENS, prompt.total)
+                ctx.tracer.count(response.turn_id, PROMPT_TOKENS_CACHED, prompt.cached)
+                ctx.tracer.count(response.turn_id, PROMPT_TOKENS_EVALUATED, prompt.evaluated)
 
     async def _call_tool(self, ctx: StageContext, response: Response, registry: ToolRegistry, tool: Tool, messages: Messages) -> None:
         """Generate the arguments, run the call, record both in the history."""
@@ -478,6 +518,93 @@ class ChatLLM(Stage):
         ctx.conversation.emit(ToolCallDone(response, call, result))
 
 
+_MODEL_PARAMS_LOCK = threading.Lock()
+
+#: Prompt tokens kept free besides the reply: the chat template, the tool decision's question.
+PROMPT_RESERVE_TOKENS = 168
+#: A context shift needs this many tokens of the new prompt found again in the cache.
+MIN_SHIFT_MATCH_TOKENS = 8
+
+
+def shift_kv_cache(llm: Any, tokens: Sequence[int]) -> int:
+    """Make llama.cpp's KV cache of ``llm`` a prefix of ``tokens`` again after a gap was cut out.
+
+    The prompt's history was trimmed (cached: system, dropped, kept; new: system, kept, new), so
+    llama-cpp-python's own prefix match would stop after the system prompt. If the tokens after
+    the common prefix are found again further on in the cache, the span between is removed from
+    the KV cache and the rest moved back (positions shifted; llama.cpp re-rotates the keys).
+    Returns the number of cached tokens kept that way (0: nothing to do, or not possible).
+    """
+    cached = int(llm.n_tokens)
+    if cached == 0 or len(tokens) <= MIN_SHIFT_MATCH_TOKENS:
+        return 0
+    old = np.asarray(llm.input_ids[:cached])
+    new = np.asarray(tokens, dtype=old.dtype)
+    common = min(cached, len(new))
+    differ = np.flatnonzero(old[:common] != new[:common])
+    prefix = int(differ[0]) if differ.size else common
+    if prefix + MIN_SHIFT_MATCH_TOKENS >= len(new) or prefix + MIN_SHIFT_MATCH_TOKENS >= cached:
+        return 0
+    probe = new[prefix : prefix + MIN_SHIFT_MATCH_TOKENS]
+    for start in np.flatnonzero(old[prefix + 1 :] == probe[0]) + prefix + 1:
+        start = int(start)
+        if start + MIN_SHIFT_MATCH_TOKENS > cached:
+            break
+        if not np.array_equal(old[start : start + MIN_SHIFT_MATCH_TOKENS], probe):
+            continue
+        context, native = llm._ctx, _native()
+        memory = getattr(context, "memory", None)
+        if memory is None or (hasattr(native, "llama_memory_can_shift") and not native.llama_memory_can_shift(memory)):
+            return 0
+        gap = start - prefix
+        if not context.kv_cache_seq_rm(-1, prefix, start):
+            return 0
+        context.kv_cache_seq_shift(0, start, cached, -gap)
+        kept = cached - start
+        llm.input_ids[prefix : prefix + kept] = old[start:cached].copy()
+        llm.n_tokens = prefix + kept
+        llm._requires_eval = True  # the logits are not those of the new last token
+        log.debug("context shift: dropped %d cached tokens at %d, kept %d", gap, prefix, kept)
+        return kept
+    return 0
+
+
+def _native() -> Any:
+    import llama_cpp.llama_cpp as native
+
+    return native
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+@contextmanager
+def _model_params(**fields: Any) -> Iterator[None]:
+    """Construct a ``Llama`` with these ``llama_model_params`` fields set (``Llama()`` has no
+    argument for them): its defaults are patched for the duration, under a lock."""
+    import llama_cpp.llama_cpp as native
+
+    with _MODEL_PARAMS_LOCK:
+        defaults = native.llama_model_default_params
+        fields = {name: value for name, value in fields.items() if name in dict(native.llama_model_params._fields_)}
+
+        def patched() -> Any:
+            params = defaults()
+            for name, value in fields.items():
+                setattr(params, name, value)
+            return params
+
+        native.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = defaults
+
+
 class LlamaLLM(ChatLLM):
     """:class:`ChatLLM` on llama.cpp (the embedded SmolLM2-135M by default).
 
@@ -511,7 +638,17 @@ class LlamaLLM(ChatLLM):
         max_argument_items: int = 8,
         speculate: bool = True,
         score_end_of_turn: bool = True,
+        extra_buffers: bool | None = None,
+        context_shift: bool = True,
     ) -> None:
+        """``extra_buffers``: llama.cpp's extra CPU weight buffers (repacked weights, AMX kernels);
+        None turns them off on CPUs that report AMX, where llama.cpp's AMX path crashed (SIGSEGV on
+        the first batched decode, on a 2-core VM with AMX; one token at a time worked).
+
+        ``context_shift``: when the history window dropped old messages, keep the KV cache of
+        the messages that stay (removing the dropped tokens and shifting the rest back, like
+        llama.cpp's context shift) instead of evaluating them again: a trim then costs no
+        prompt evaluation (measured: ~2-4 s for 900 tokens of SmolLM2-135M on 2 cores)."""
         super().__init__(
             max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
             followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls, speculate=speculate,
@@ -527,10 +664,15 @@ class LlamaLLM(ChatLLM):
         self.max_argument_tokens = max_argument_tokens
         self.max_argument_string_chars = max_argument_string_chars
         self.max_argument_items = max_argument_items
+        self.extra_buffers = (not _cpu_has_amx()) if extra_buffers is None else extra_buffers
+        self.context_shift = context_shift
         self._llm: Any = None
         self._lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
         self._end_of_turn_tokens_cache: list[int] | None = None
+        # The generation being read now and whether it may shift the cache (one at a time, under
+        # the lock), shared with the views.
+        self._reading: list[tuple[PromptTokens, bool] | None] = [None]
 
     async def setup(self, ctx: StageContext) -> None:
         ctx.conversation.has_responder = True
@@ -555,29 +697,74 @@ class LlamaLLM(ChatLLM):
         if self.seed is not None:
             kwargs["seed"] = self.seed
         try:
-            return Llama(model_path=str(self.model_path), **kwargs)
+            with _model_params(use_extra_bufts=self.extra_buffers):
+                llm = Llama(model_path=str(self.model_path), **kwargs)
         except Exception as error:  # llama.cpp raises ValueError for unreadable files
             raise models.ModelNotFoundError(f"cannot load the LLM model {self.model_path}: {error}") from error
+        self._watch_prompts(llm)
+        return llm
 
-    def _stream(self, messages: list[dict[str, str]], token: CancelToken, **options: Any) -> Iterator[str]:
+    def _watch_prompts(self, llm: Any) -> None:
+        """Hook the Llama object's ``generate`` (context shift before its prefix match) and ``eval``
+        (its first call in a generation is the prompt after the cached prefix: count it)."""
+        generate, evaluate, reading = llm.generate, llm.eval, self._reading
+
+        def generate_shifting(tokens: Any, *args: Any, **kwargs: Any) -> Any:
+            if reading[0] is not None and reading[0][1]:
+                reading[0][0].shifted = shift_kv_cache(llm, list(tokens))
+            return generate(tokens, *args, **kwargs)
+
+        def eval_counting(tokens: Any) -> Any:
+            prompt = reading[0][0] if reading[0] is not None else None
+            if prompt is not None and not prompt.measured:
+                prompt.cached, prompt.evaluated, prompt.measured = int(llm.n_tokens), len(tokens), True
+            return evaluate(tokens)
+
+        llm.generate = generate_shifting
+        llm.eval = eval_counting
+
+    # -- the prompt's history budget ------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        """Tokens of ``text`` in this model's vocabulary (an estimate until the model is loaded)."""
+        if self._llm is None:
+            return estimate_tokens(text)
+        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def prompt_budget_tokens(self) -> int:
+        """The context less the reply's tokens and :data:`PROMPT_RESERVE_TOKENS` (template, tool list).
+
+        A reply cap above a quarter of the context does not shrink the history further: llama.cpp
+        ends such a reply at the end of the context instead."""
+        tools = sum(estimate_tokens(f"- {tool.name}: {tool.description}") for tool in self.tools)
+        return max(64, self.n_ctx - min(self.max_tokens, self.n_ctx // 4) - PROMPT_RESERVE_TOKENS - tools)
+
+    def _stream(self, messages: list[dict[str, str]], token: CancelToken, *, prompt: PromptTokens | None = None,
+                **options: Any) -> Iterator[str]:
         with self._lock:
             if token.cancelled:
                 return
-            stream = self._llm.create_chat_completion(messages, stream=True, **options)
+            self._reading[0] = (prompt or PromptTokens(), self.context_shift)
             try:
-                for chunk in stream:
-                    if token.cancelled:
-                        return
-                    text = chunk["choices"][0]["delta"].get("content")
-                    if text:
-                        yield text
+                stream = self._llm.create_chat_completion(messages, stream=True, **options)
+                try:
+                    for chunk in stream:
+                        if token.cancelled:
+                            return
+                        text = chunk["choices"][0]["delta"].get("content")
+                        if text:
+                            yield text
+                finally:
+                    stream.close()
             finally:
-                stream.close()
+                self._reading[0] = None
 
     def stream_reply(self, messages: Messages, token: CancelToken, *, max_tokens: int | None = None) -> Iterator[str]:
-        """Blocking generator of reply text pieces; stops between tokens once ``token`` is cancelled."""
+        """Blocking generator of reply text pieces; stops between tokens once ``token`` is cancelled.
+
+        :attr:`last_prompt_tokens` tells how much of the prompt llama.cpp read anew."""
+        self.last_prompt_tokens = prompt = PromptTokens()
         return self._stream(
-            render_for_template(messages), token,
+            render_for_template(messages), token, prompt=prompt,
             max_tokens=max_tokens or self.max_tokens, temperature=self.temperature, top_p=self.top_p,
             repeat_penalty=self.repeat_penalty,
         )
@@ -608,6 +795,8 @@ class LlamaLLM(ChatLLM):
                 return None
             tokens = llm.tokenize(prompt[: cut + len(words)].encode("utf-8"), add_bos=False, special=True)
             end_tokens = self._end_of_turn_tokens()
+            if self.context_shift:  # after a history trim, keep the cache of what stays (as a reply would)
+                shift_kv_cache(llm, tokens)
             cached = llm.input_ids[: llm.n_tokens].tolist()
             common = 0
             for ours, theirs in zip(tokens, cached):

@@ -26,6 +26,7 @@ import logging
 import threading
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -443,6 +444,39 @@ class ChatLLM(Stage):
         ctx.conversation.emit(ToolCallDone(response, call, result))
 
 
+_MODEL_PARAMS_LOCK = threading.Lock()
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        return "amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+@contextmanager
+def _model_params(**fields: Any) -> Iterator[None]:
+    """Construct a ``Llama`` with these ``llama_model_params`` fields set (``Llama()`` has no
+    argument for them): its defaults are patched for the duration, under a lock."""
+    import llama_cpp.llama_cpp as native
+
+    with _MODEL_PARAMS_LOCK:
+        defaults = native.llama_model_default_params
+        fields = {name: value for name, value in fields.items() if name in dict(native.llama_model_params._fields_)}
+
+        def patched() -> Any:
+            params = defaults()
+            for name, value in fields.items():
+                setattr(params, name, value)
+            return params
+
+        native.llama_model_default_params = patched
+        try:
+            yield
+        finally:
+            native.llama_model_default_params = defaults
+
+
 class LlamaLLM(ChatLLM):
     """:class:`ChatLLM` on llama.cpp (the embedded SmolLM2-135M by default).
 
@@ -475,7 +509,11 @@ class LlamaLLM(ChatLLM):
         max_argument_string_chars: int = 60,
         max_argument_items: int = 8,
         speculate: bool = True,
+        extra_buffers: bool | None = None,
     ) -> None:
+        """``extra_buffers``: llama.cpp's extra CPU weight buffers (repacked weights, AMX kernels);
+        None turns them off on CPUs that report AMX, where llama.cpp's AMX path crashed (SIGSEGV on
+        the first batched decode, on a 2-core VM with AMX; one token at a time worked)."""
         super().__init__(
             max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
             followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls, speculate=speculate,
@@ -490,6 +528,7 @@ class LlamaLLM(ChatLLM):
         self.max_argument_tokens = max_argument_tokens
         self.max_argument_string_chars = max_argument_string_chars
         self.max_argument_items = max_argument_items
+        self.extra_buffers = (not _cpu_has_amx()) if extra_buffers is None else extra_buffers
         self._llm: Any = None
         self._lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
@@ -515,7 +554,8 @@ class LlamaLLM(ChatLLM):
         if self.seed is not None:
             kwargs["seed"] = self.seed
         try:
-            return Llama(model_path=str(self.model_path), **kwargs)
+            with _model_params(use_extra_bufts=self.extra_buffers):
+                return Llama(model_path=str(self.model_path), **kwargs)
         except Exception as error:  # llama.cpp raises ValueError for unreadable files
             raise models.ModelNotFoundError(f"cannot load the LLM model {self.model_path}: {error}") from error
 

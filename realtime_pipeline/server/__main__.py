@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send reply audio as fast as it is synthesized (default: at playback rate, so barge-in knows what was heard)")
     parser.add_argument("--lead-ms", type=int, default=SessionOptions.output_lead_ms,
                         help="paced audio is sent this far ahead of playback (ms)")
+    parser.add_argument("--ssl-certfile", metavar="PEM", help="serve wss:// (TLS) with this certificate chain (the Node openai SDK connects with wss:// only)")
+    parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key (default: in --ssl-certfile)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -46,13 +48,21 @@ async def serve(args: argparse.Namespace) -> None:
         api_key=args.api_key or None,
         session=SessionOptions(pace_output=not args.no_pace, output_lead_ms=args.lead_ms),
     )
-    config = uvicorn_config(create_app(engines, options), args.host, args.port, log_level="debug" if args.verbose else "info")
-    print(f"serving ws://{args.host}:{args.port}/v1/realtime", file=sys.stderr, flush=True)
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile} if args.ssl_certfile else {}
+    config = uvicorn_config(create_app(engines, options), args.host, args.port, log_level="debug" if args.verbose else "info", **tls)
+    scheme = "wss" if tls else "ws"
+    print(f"serving {scheme}://{args.host}:{args.port}/v1/realtime", file=sys.stderr, flush=True)
     await uvicorn.Server(config).serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ssl_keyfile and not args.ssl_certfile:
+        parser.error("--ssl-keyfile needs --ssl-certfile")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path and not os.path.isfile(path):
+            parser.error(f"no such file: {path}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         anyio.run(serve, args)

@@ -4,6 +4,11 @@ WebSocket at ``/v1/realtime`` and ``/realtime`` (``?model=`` is accepted and
 reported in the session). The dialect is per connection: ``OpenAI-Beta:
 realtime=v1`` selects beta, anything else GA. With an API key configured,
 connections must send ``Authorization: Bearer <key>`` (what the SDK sends).
+
+Browsers cannot set headers on a WebSocket, so both also come as subprotocols,
+as OpenAI's service takes them: ``realtime`` (selected in the answer, or a
+WHATWG WebSocket refuses the connection), ``openai-insecure-api-key.<key>``
+and ``openai-beta.realtime-v1``.
 """
 
 from __future__ import annotations
@@ -37,17 +42,42 @@ class ServerOptions:
     session: SessionOptions = field(default_factory=SessionOptions)
 
 
+#: Subprotocols of a browser-style client (the WebSocket API cannot send headers).
+REALTIME_SUBPROTOCOL = "realtime"
+API_KEY_SUBPROTOCOL_PREFIX = "openai-insecure-api-key."
+BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
+
+
+def subprotocols_of(websocket: WebSocket) -> list[str]:
+    return [str(name).strip() for name in websocket.scope.get("subprotocols", [])]
+
+
 def dialect_of(websocket: WebSocket) -> Dialect:
     beta = websocket.headers.get("openai-beta", "")
-    return Dialect.BETA if "realtime=v1" in beta.replace(" ", "") else Dialect.GA
+    if "realtime=v1" in beta.replace(" ", "") or BETA_SUBPROTOCOL in subprotocols_of(websocket):
+        return Dialect.BETA
+    return Dialect.GA
+
+
+def presented_keys(websocket: WebSocket) -> list[str]:
+    """The API keys the client sent: ``Authorization: Bearer`` and/or the key subprotocol."""
+    keys = []
+    scheme, _, token = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        keys.append(token.strip())
+    keys += [name[len(API_KEY_SUBPROTOCOL_PREFIX):] for name in subprotocols_of(websocket) if name.startswith(API_KEY_SUBPROTOCOL_PREFIX)]
+    return keys
 
 
 def authorized(websocket: WebSocket, api_key: str | None) -> bool:
     if not api_key:
         return True
-    header = websocket.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
+    return any(hmac.compare_digest(key.encode(), api_key.encode()) for key in presented_keys(websocket))
+
+
+def selected_subprotocol(websocket: WebSocket) -> str | None:
+    """``realtime`` if the client offered it (a WHATWG WebSocket requires one of its offers back)."""
+    return REALTIME_SUBPROTOCOL if REALTIME_SUBPROTOCOL in subprotocols_of(websocket) else None
 
 
 def create_app(engines: Engines, options: ServerOptions | None = None) -> Starlette:
@@ -58,7 +88,7 @@ def create_app(engines: Engines, options: ServerOptions | None = None) -> Starle
         if not authorized(websocket, options.api_key):
             await websocket.close(code=1008, reason="invalid API key")
             return
-        await websocket.accept()
+        await websocket.accept(subprotocol=selected_subprotocol(websocket))
 
         async def send_json(text: str) -> bool:
             try:

@@ -33,7 +33,9 @@ from .protocol import (
     ItemRecord,
     ProtocolError,
     SessionConfig,
+    TRANSCRIPTION_MODEL,
     TurnDetection,
+    given,
     new_id,
     parse_format,
     parse_max_tokens,
@@ -95,12 +97,16 @@ class ClientEventsMixin:
     def _parse_session(self, s: Mapping[str, Any]) -> SessionConfig:
         c = self.config
         changes: dict[str, Any] = {}
+        s = given(s)
         if s.get("type", "realtime") != "realtime":
             raise ProtocolError("only realtime sessions are served (not transcription)", code="invalid_value", param="session.type")
-        audio = s.get("audio") or {}
+        audio = given(s.get("audio"))
         if not isinstance(audio, Mapping):
             raise ProtocolError("session.audio must be an object", code="invalid_value", param="session.audio")
-        audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
+        audio_in, audio_out = given(audio.get("input")), given(audio.get("output"))
+        for name, part in (("input", audio_in), ("output", audio_out)):
+            if not isinstance(part, Mapping):
+                raise ProtocolError(f"session.audio.{name} must be an object", code="invalid_value", param=f"session.audio.{name}")
         if "instructions" in s:
             if not isinstance(s["instructions"], str):
                 raise ProtocolError("session.instructions must be a string", code="invalid_value", param="session.instructions")
@@ -129,7 +135,7 @@ class ClientEventsMixin:
                 value = container[key]
                 if value is not None and not isinstance(value, Mapping):
                     raise ProtocolError(f"{param} must be an object or null", code="invalid_value", param=param)
-                changes["transcription"] = None if value is None else {"model": value.get("model") or "whisper-tiny.en", **{k: value[k] for k in ("language", "prompt") if isinstance(value.get(k), str)}}
+                changes["transcription"] = None if value is None else {"model": value.get("model") or TRANSCRIPTION_MODEL, **{k: value[k] for k in ("language", "prompt") if isinstance(value.get(k), str)}}
         for container, param in ((s, "session.turn_detection"), (audio_in, "session.audio.input.turn_detection")):
             if "turn_detection" in container:
                 changes["turn_detection"] = parse_turn_detection(container["turn_detection"], c.turn_detection, param)
@@ -247,10 +253,10 @@ class ClientEventsMixin:
             if previous_id == "root":
                 index = 0
             else:
-                index = self._index(previous_id, "previous_item_id") + 1
+                index = self._index(previous_id, "previous_item_id", "item_create_invalid_previous_item_id") + 1
         item, audio = self._item_from_spec(spec)
         if any(existing.id == item.id for existing in self.items):
-            raise ProtocolError(f"an item with id {item.id!r} already exists", code="duplicate_item_id", param="item.id")
+            raise ProtocolError(f"Duplicate item id: an item with id {item.id!r} already exists", code="item_create_duplicate_item_id", param="item.id")
         before = self.items[index].ref if index < len(self.items) else None
         self.items.insert(index, item)
         previous = self.items[index - 1].id if index > 0 else None
@@ -268,6 +274,7 @@ class ClientEventsMixin:
             items.append(entry)
 
     def _item_from_spec(self, spec: Mapping[str, Any]) -> tuple[ItemRecord, np.ndarray | None]:
+        spec = given(spec)
         kind = spec.get("type", "message")
         item_id = spec.get("id") if isinstance(spec.get("id"), str) and spec.get("id") else new_id("item")
         if kind == "function_call_output":
@@ -295,6 +302,7 @@ class ClientEventsMixin:
             param = f"item.content[{index}]"
             if not isinstance(part, Mapping):
                 raise ProtocolError(f"{param} must be an object", code="invalid_value", param=param)
+            part = given(part)
             ptype = part.get("type")
             if ptype in ("input_text", "text", "output_text"):
                 text = self._require(part, "text", str, "a string")
@@ -327,20 +335,21 @@ class ClientEventsMixin:
             if item.status == "completed":
                 self.emit("conversation.item.done", item=render_item(item, self.dialect), previous_item_id=previous)
 
-    def _index(self, item_id: Any, param: str) -> int:
+    def _index(self, item_id: Any, param: str, unknown_code: str) -> int:
+        """The item's position; an unknown id gets OpenAI's per-event code (clients branch on it)."""
         if not isinstance(item_id, str):
             raise ProtocolError(f"{param} must be a string", code="invalid_value", param=param)
         for index, item in enumerate(self.items):
             if item.id == item_id:
                 return index
-        raise ProtocolError(f"no item with id {item_id!r}", code="item_not_found", param=param)
+        raise ProtocolError(f"Item with {param} not found: {item_id}", code=unknown_code, param=param)
 
     async def _item_retrieve(self, data: dict[str, Any]) -> None:
-        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id")]
+        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_retrieve_invalid_item_id")]
         self.emit("conversation.item.retrieved", item=render_item(item, self.dialect))
 
     async def _item_delete(self, data: dict[str, Any]) -> None:
-        index = self._index(self._require(data, "item_id", str, "a string"), "item_id")
+        index = self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_delete_invalid_item_id")
         item = self.items[index]
         if self._active is not None and item in self._active.output:
             raise ProtocolError("the item belongs to the response in progress: cancel it first", code="item_in_use", param="item_id")
@@ -350,7 +359,7 @@ class ClientEventsMixin:
         self.emit("conversation.item.deleted", item_id=item.id)
 
     async def _item_truncate(self, data: dict[str, Any]) -> None:
-        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id")]
+        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_truncate_invalid_item_id")]
         content_index = self._require(data, "content_index", int, "an integer")
         audio_end_ms = self._require(data, "audio_end_ms", int, "an integer")
         if item.role != "assistant" or not isinstance(item.ref, Response):
@@ -378,11 +387,15 @@ class ClientEventsMixin:
         self.emit("conversation.item.truncated", item_id=item.id, content_index=content_index, audio_end_ms=audio_end_ms)
 
     async def _response_create(self, data: dict[str, Any]) -> None:
-        overrides = data.get("response") or {}
+        overrides = given(data.get("response"))
         if not isinstance(overrides, Mapping):
             raise ProtocolError("response must be an object", code="invalid_value", param="response")
         if self._active is not None or self._queued is not None:
-            raise ProtocolError("the conversation already has an active response", code="conversation_already_has_active_response")
+            raise ProtocolError(
+                f"Conversation already has an active response in progress: {(self._active.id if self._active else 'queued')}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+            )
         request = self._request(overrides)
         self._queued = request
         self._jobs_send.send_nowait(Job("respond", request=request))
@@ -418,9 +431,9 @@ class ClientEventsMixin:
             self._queued.cancelled = True
             return
         if state is None or state.finished:
-            raise ProtocolError("there is no active response to cancel", code="response_cancel_not_active")
+            raise ProtocolError("Cancellation failed: no active response found", code="response_cancel_not_active")
         if wanted is not None and wanted != state.id:
-            raise ProtocolError(f"response {wanted!r} is not the active response", code="invalid_value", param="response_id")
+            raise ProtocolError(f"Cancellation failed: response {wanted!r} is not the active response", code="response_cancel_not_active", param="response_id")
         if state.response is None:
             state.request.cancelled = True
         else:

@@ -1,0 +1,112 @@
+"""The Realtime server as real clients reach it: a browser-style subprotocol client, wss://, and
+the third-party client libraries people use (Pipecat, LiveKit Agents, openai-agents), each
+completing a spoken and a text turn against the real server on the real models."""
+
+from __future__ import annotations
+
+import ssl
+
+import anyio
+import jiwer
+import pytest
+from conftest import normalize_text
+from openai import AsyncOpenAI
+from server_support import Client, RawClient, RunningServer, self_signed_certificate, speech_24k, types_of
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import InvalidStatus
+
+from realtime_pipeline.server import Engines, ServerOptions, SessionOptions
+
+pytestmark = [pytest.mark.models, pytest.mark.anyio]
+
+KEY = "sekrit"
+SHORT = 12
+
+
+@pytest.fixture(scope="module")
+def engines() -> Engines:
+    loaded = Engines.create(seed=7)
+    anyio.run(loaded.load)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def server(engines: Engines):
+    with RunningServer(engines, ServerOptions(api_key=KEY, session=SessionOptions(output_lead_ms=300))) as running:
+        yield running
+
+
+def heard_as(transcript: str, reference: str) -> bool:
+    return jiwer.wer(reference, normalize_text(transcript)) <= 0.34
+
+
+async def text_turn(client: Client, text: str, **response: object) -> dict:
+    await client.send({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}})
+    await client.send({"type": "response.create", "response": response})
+    return await client.until("response.done", 120)
+
+
+async def test_browser_style_client_authenticates_and_picks_the_dialect_by_subprotocol(server):
+    url = f"{server.base_url}/realtime?model=gpt-realtime"
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(url, subprotocols=["realtime", "openai-insecure-api-key.wrong"]):
+            pass
+    assert refused.value.response.status_code == 403
+    offered = ["realtime", f"openai-insecure-api-key.{KEY}", "openai-beta.realtime-v1"]
+    async with ws_connect(url, subprotocols=offered) as connection:
+        assert connection.subprotocol == "realtime"  # a WHATWG WebSocket needs one of its offers back
+        client = RawClient(connection, "beta")  # every event validated against the beta SDK models
+        created = await client.until("session.created", 30)
+        assert "modalities" in created["session"]
+        done = await text_turn(client, "Say hello.", modalities=["text"], max_response_output_tokens=SHORT)
+        assert done["response"]["status"] == "completed"
+        assert "".join(e["delta"] for e in client.events if e["type"] == "response.text.delta").strip()
+        start = len(client.events)
+        await client.append_audio(speech_24k("ps_goforward.wav"))
+        spoken = await client.until("response.done", 180)
+        events = client.since(start)
+        transcript = next(e for e in events if e["type"] == "conversation.item.input_audio_transcription.completed")
+        assert heard_as(transcript["transcript"], "go forward ten meters"), transcript["transcript"]
+        assert spoken["response"]["status"] == "completed"
+        assert "response.audio.delta" in types_of(events)
+    async with ws_connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{KEY}"]) as connection:
+        created = await RawClient(connection, "ga").until("session.created", 30)  # no beta subprotocol: GA
+        assert created["session"]["type"] == "realtime"
+
+
+async def test_null_means_not_given_in_every_optional_field(server):
+    """What LiveKit and other clients send: every optional field present, as null."""
+    client_sdk = AsyncOpenAI(api_key=KEY, websocket_base_url=server.base_url)
+    async with client_sdk.realtime.connect(model="gpt-realtime") as connection:
+        client = Client(connection, "ga")
+        await client.until("session.created", 30)
+        await client.send_raw('{"type": "session.update", "session": {"type": "realtime", "instructions": null, "output_modalities": null,'
+                              ' "tools": null, "tool_choice": null, "max_output_tokens": null, "audio": {"input": {"format": null,'
+                              ' "turn_detection": {"type": "server_vad", "threshold": null, "silence_duration_ms": null}},'
+                              ' "output": {"format": null, "voice": null}}}}')
+        session = (await client.until("session.updated", 30))["session"]
+        assert session["audio"]["input"]["turn_detection"]["type"] == "server_vad"  # null fields kept their values
+        await client.send_raw('{"type": "conversation.item.create", "previous_item_id": null, "item": {"id": null, "type": "message",'
+                              ' "role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}}')
+        await client.until("conversation.item.added", 30)
+        await client.send_raw('{"type": "response.create", "response": {"instructions": null, "output_modalities": ["text"],'
+                              ' "tools": null, "tool_choice": null, "max_output_tokens": 8, "metadata": null, "conversation": null}}')
+        done = await client.until("response.done", 120)
+        assert done["response"]["status"] == "completed"
+
+
+async def test_wss_with_a_self_signed_certificate(engines, tmp_path):
+    certfile, keyfile = self_signed_certificate(tmp_path)
+    with RunningServer(engines, ServerOptions(), ssl_certfile=certfile, ssl_keyfile=keyfile) as tls:
+        assert tls.base_url.startswith("wss://")
+        context = ssl.create_default_context(cafile=certfile)
+        sdk = AsyncOpenAI(api_key="local", websocket_base_url=tls.base_url)
+        async with sdk.realtime.connect(model="gpt-realtime", websocket_connection_options={"ssl": context}) as connection:  # type: ignore[typeddict-unknown-key]
+            client = Client(connection, "ga")
+            await client.until("session.created", 30)
+            done = await text_turn(client, "Say hello.", output_modalities=["text"], max_output_tokens=8)
+            assert done["response"]["status"] == "completed"
+        with pytest.raises(ssl.SSLCertVerificationError):  # really TLS: an unknown certificate is refused
+            async with ws_connect(f"{tls.base_url}/realtime", ssl=ssl.create_default_context()):
+                pass

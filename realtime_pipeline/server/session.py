@@ -37,7 +37,7 @@ from ..stages.player import Player
 from .client_events import HANDLERS, ClientEventsMixin
 from .codecs import AudioDecoder, AudioEncoder
 from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
-from .history import ServerConversation
+from .limits import FittingConversation, inspect_event
 from .protocol import (
     ContentPart,
     Dialect,
@@ -52,6 +52,20 @@ from .responses import Job, ResponseRequest, ResponsesMixin, ResponseState
 from .stages import EventOutput, InputSource, Responder, SwitchableVAD
 
 log = logging.getLogger(__name__)
+
+#: Client messages longer than this are parsed in a worker thread (a big append or tool list).
+LARGE_MESSAGE_CHARS = 256 * 1024
+
+
+def parse_event(text: str) -> Any:
+    """A client message as JSON, depth-checked and with lone surrogates repaired (see limits.py)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ProtocolError("the message is nested too deeply to parse", code="invalid_json") from None
+    except ValueError as error:
+        raise ProtocolError(f"the message is not valid JSON ({error})", code="invalid_json") from None
+    return inspect_event(text, data)
 
 
 @dataclass(frozen=True)
@@ -92,9 +106,10 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self._outgoing_send, self._outgoing = anyio.create_memory_object_stream[dict](math.inf)
         self._audio_send, audio_receive = anyio.create_memory_object_stream[np.ndarray](math.inf)
         self._jobs_send, self._jobs = anyio.create_memory_object_stream[Job](math.inf)
-        self.conversation = ServerConversation(
+        self.conversation = FittingConversation(
             self.config.instructions, interruptions=InterruptionSettings(resume_false_interruption=False)
         )
+        self.conversation.count_tokens = engines.count_tokens
         self.items: list[ItemRecord] = []
         self._decoder = AudioDecoder(self.config.input_format, INPUT_SAMPLE_RATE_HZ)
         self._encoder = AudioEncoder(self.config.output_format, OUTPUT_SAMPLE_RATE_HZ)
@@ -180,10 +195,10 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         """Act on one client message; any problem becomes an error event."""
         client_event_id: str | None = None
         try:
-            try:
-                data = json.loads(text)
-            except ValueError as error:
-                raise ProtocolError(f"the message is not valid JSON ({error})", code="invalid_json") from None
+            if len(text) > LARGE_MESSAGE_CHARS:  # parsing megabytes takes milliseconds: not on the event loop
+                data = await anyio.to_thread.run_sync(parse_event, text)
+            else:
+                data = parse_event(text)
             if not isinstance(data, dict):
                 raise ProtocolError("a client event must be a JSON object", code="invalid_json")
             if isinstance(data.get("event_id"), str):

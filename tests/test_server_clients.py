@@ -110,3 +110,32 @@ async def test_wss_with_a_self_signed_certificate(engines, tmp_path):
         with pytest.raises(ssl.SSLCertVerificationError):  # really TLS: an unknown certificate is refused
             async with ws_connect(f"{tls.base_url}/realtime", ssl=ssl.create_default_context()):
                 pass
+
+
+async def test_sessions_beyond_the_limit_are_refused_with_an_error_and_close_code(engines):
+    from websockets.exceptions import ConnectionClosed
+
+    with RunningServer(engines, ServerOptions(max_sessions=1)) as limited:
+        url = f"{limited.base_url}/realtime"
+        async with ws_connect(url) as first:
+            client = RawClient(first, "ga")
+            limits = await client.until("rate_limits.updated", 30)
+            assert {"name": "requests", "limit": 1, "remaining": 0, "reset_seconds": 0.0} in limits["rate_limits"]
+            async with ws_connect(url) as second:
+                refused = RawClient(second, "ga")
+                error = await refused.next(30)
+                assert error["type"] == "error" and error["error"]["code"] == "session_limit_reached"
+                assert "1 sessions" in error["error"]["message"]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await refused.next(30)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            done = await text_turn(client, "Say hello.", output_modalities=["text"], max_output_tokens=4)
+            assert done["response"]["status"] == "completed"  # the admitted session is served as before
+        for _ in range(100):  # the slot frees once the first session's handler has returned
+            async with ws_connect(url) as again:
+                event = await RawClient(again, "ga").next(30)
+                if event["type"] == "session.created":
+                    break
+            await anyio.sleep(0.05)
+        else:
+            raise AssertionError("the freed session slot was never given to a new connection")

@@ -159,7 +159,7 @@ CORPUS: list[tuple[str, list[str], str | None]] = [
     ("lone surrogate in a key", ['{"type": "response.create", "response": {"metadata": {"k\\ud800": "v"}, "output_modalities": ["text"], "max_output_tokens": 2}}'], None),
     ("every optional field null", ['{"type": "response.create", "response": {"instructions": null, "tools": null, "tool_choice": null, '
                                    '"temperature": null, "max_output_tokens": 2, "output_modalities": ["text"], "metadata": null}}'], None),
-    ("history longer than the context", [item(user_item("lorem " * 400)) for _ in range(6)], None),
+    ("history longer than the context", [item(user_item("lorem " * 200)) for _ in range(8)], None),
 ]
 
 
@@ -201,7 +201,7 @@ async def test_bad_input_gets_a_clear_error_and_the_session_lives_on(server, cap
             await client.until("response.done", 120)  # the accepted input started a response of its own
         done = await valid_turn(client)
         assert done["response"]["status"] == "completed", done
-        assert "".join(e["delta"] for e in client.events if e["type"] == "response.output_text.delta")
+        assert done["response"]["output"][0]["type"] == "message"  # answered (a tiny model may answer with nothing)
         errors = [e for e in client.events if e["type"] == "error"]
         assert len(errors) == (0 if code is None else 1), errors  # setup steps were all accepted
     tracebacks = [r for r in caplog.records if r.exc_info]

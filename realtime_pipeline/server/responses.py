@@ -24,6 +24,7 @@ from ..response import Response, ResponseStatus
 from ..stage import Outbox, StageContext
 from ..tools import Tool, ToolRegistry
 from .engines import Priority, priority
+from .limits import message_tokens
 from .protocol import (
     ContentPart,
     Dialect,
@@ -157,6 +158,7 @@ class ResponsesMixin:
         llm = self.engines.llm_view(temperature=request.temperature, max_tokens=max_tokens)
         registry = self._registry(request.tools)
         conversation.budget_tokens = self._prompt_budget(max_tokens, registry)
+        self.emit_rate_limits(sum(message_tokens(m, self.engines.count_tokens) for m in conversation.messages()))
         tool = await self._decide(llm, registry, request.tool_choice, response)
         if response.cancelled:
             return

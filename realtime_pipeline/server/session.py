@@ -95,8 +95,11 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         *,
         model: str | None = None,
         options: SessionOptions | None = None,
+        rate_limit: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
+        """``rate_limit``: the server's session limit as a ``rate_limits.updated`` entry (see app.Admission)."""
         self.engines = engines
+        self._rate_limit = rate_limit
         self.dialect = dialect
         self.options = options or SessionOptions()
         self.id = new_id("sess")
@@ -146,6 +149,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             group.start_soon(self._run_pipeline)
             self.emit("session.created", session=self._session_object())
             self.emit("conversation.created", conversation={"id": self.conversation_id, "object": "realtime.conversation"})
+            self.emit_rate_limits()
             try:
                 while True:
                     text = await receive_text()
@@ -183,6 +187,16 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         if wire_name is None or self._sending_closed:
             return
         self._outgoing_send.send_nowait({"type": wire_name, "event_id": event_id(), **fields})
+
+    def emit_rate_limits(self, prompt_tokens: int = 0) -> None:
+        """``rate_limits.updated``: the server's sessions (as ``requests``) and the LLM's context
+        left for the response (``tokens``), at the start of the session and of each response."""
+        context = self.engines.context_tokens
+        limits: list[dict[str, Any]] = [{"name": "tokens", "limit": context, "remaining": max(0, context - prompt_tokens), "reset_seconds": 0.0}]
+        sessions = self._rate_limit() if self._rate_limit is not None else None
+        if sessions is not None:
+            limits.insert(0, sessions)
+        self.emit("rate_limits.updated", rate_limits=limits)
 
     def emit_error(self, error: ProtocolError, client_event_id: str | None = None) -> None:
         self.emit("error", error={

@@ -139,7 +139,7 @@ CORPUS: list[tuple[str, list[str], str | None]] = [
     ("retrieve item id a number", [ev("conversation.item.retrieve", item_id=5)], "invalid_value"),
     ("delete unknown item", [ev("conversation.item.delete", item_id="item_nope")], "item_delete_invalid_item_id"),
     ("truncate unknown item", [ev("conversation.item.truncate", item_id="item_nope", content_index=0, audio_end_ms=0)], "item_truncate_invalid_item_id"),
-    ("truncate without content_index", [ev("conversation.item.truncate", item_id="item_nope", audio_end_ms=0)], "missing_required_parameter"),
+    ("truncate without content_index", [item(user_item("hi", id="item_t")), ev("conversation.item.truncate", item_id="item_t", audio_end_ms=0)], "missing_required_parameter"),
     ("truncate a user item", [item(user_item("hi", id="item_u")), ev("conversation.item.truncate", item_id="item_u", content_index=0, audio_end_ms=0)], "invalid_value"),
     ("response not an object", [ev("response.create", response="now")], "invalid_value"),
     ("response instructions a number", [ev("response.create", response={"instructions": 42})], "invalid_value"),

@@ -242,3 +242,34 @@ def test_bounded_cache_forgets_the_oldest():
     cache = BoundedCache(2)
     cache["a"], cache["b"], cache["c"] = 1, 2, 3
     assert list(cache) == ["b", "c"]
+
+
+def test_priority_lock_does_not_starve_a_long_waiter(monkeypatch):
+    import threading
+    import time
+
+    from realtime_pipeline.server import engines
+    from realtime_pipeline.server.engines import Priority, PriorityLock
+
+    monkeypatch.setitem(engines.PRIORITY_DELAY_S, Priority.PARTIAL_TRANSCRIPT, 0.05)
+    lock = PriorityLock()
+    lock.acquire(Priority.FINAL_TRANSCRIPT)
+    order: list[str] = []
+
+    def wait(name: str, level: Priority) -> None:
+        lock.acquire(level)
+        order.append(name)
+        lock.release()
+
+    partial = threading.Thread(target=wait, args=("partial", Priority.PARTIAL_TRANSCRIPT))
+    partial.start()
+    time.sleep(0.1)  # past the partial's delay: a final arriving now comes after it
+    final = threading.Thread(target=wait, args=("final", Priority.FINAL_TRANSCRIPT))
+    final.start()
+    deadline = time.monotonic() + 5
+    while len(lock._waiting) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    lock.release()
+    partial.join(5)
+    final.join(5)
+    assert order == ["partial", "final"]

@@ -459,6 +459,7 @@ class ClientEventsMixin:
                 code="conversation_already_has_active_response",
             )
         request = self._request(overrides)
+        self._urgency.begin(self.id)  # the client waits for this response's first output
         if "tools" in overrides or "instructions" in overrides:
             await self._check_prompt(request.instructions, request.tools, "response")
         if "tools" in overrides:

@@ -21,6 +21,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +52,8 @@ OUTPUT_SAMPLE_RATE_HZ = 24_000
 ASR_SLICE_S = 8.0
 #: A slice ends at the quietest 20 ms frame of its last seconds (not inside a word).
 ASR_SLICE_SEARCH_S = 3.0
+#: The longest a slice of a long transcription waits for other sessions' first audio.
+URGENT_YIELD_MAX_S = 5.0
 
 
 class Priority(enum.IntEnum):
@@ -76,8 +79,23 @@ def priority(level: Priority) -> Iterator[None]:
         current_priority.reset(token)
 
 
+#: How much later a call of each priority may arrive and still go first: a waiter's turn comes by
+#: arrival time plus this delay. A fixed order (lower always first) starved the lowest: a session's
+#: partial pass waited behind all 8 s slices of another session's 30 s item (5.5 s), and its final
+#: pass, queued behind that partial in the session's ASR worker, waited too. With a delay, a
+#: partial waits at most ~1 s plus one call.
+PRIORITY_DELAY_S = {
+    Priority.FINAL_TRANSCRIPT: 0.0,
+    Priority.FIRST_CLAUSE: 0.25,
+    Priority.NORMAL: 0.5,
+    Priority.LATER_CLAUSE: 0.75,
+    Priority.PARTIAL_TRANSCRIPT: 1.0,
+}
+
+
 class PriorityLock:
-    """A lock for a shared model whose waiters are served by :class:`Priority`, then in arrival order.
+    """A lock for a shared model whose waiters are served by :class:`Priority`: earliest
+    ``arrival + PRIORITY_DELAY_S[priority]`` first (a deadline; ties in arrival order).
 
     Used as a plain lock (``with lock:``), it takes the caller's :data:`current_priority`, so the
     library's stages need not know about it. Not reentrant.
@@ -86,19 +104,20 @@ class PriorityLock:
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._held = False
-        self._waiting: list[tuple[int, int]] = []
+        self._waiting: list[tuple[float, int]] = []
         self._arrivals = itertools.count()
         self.acquired_by_priority: dict[Priority, int] = dict.fromkeys(Priority, 0)
 
     def acquire(self, level: Priority | None = None) -> bool:
-        entry = (int(current_priority.get() if level is None else level), next(self._arrivals))
+        level = current_priority.get() if level is None else Priority(level)
+        entry = (time.monotonic() + PRIORITY_DELAY_S[level], next(self._arrivals))
         with self._condition:
             heapq.heappush(self._waiting, entry)
             while self._held or self._waiting[0] != entry:
                 self._condition.wait()
             heapq.heappop(self._waiting)
             self._held = True
-            self.acquired_by_priority[Priority(entry[0])] += 1
+            self.acquired_by_priority[level] += 1
         return True
 
     def release(self) -> None:
@@ -114,6 +133,42 @@ class PriorityLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class Urgency:
+    """Sessions waiting for their reply's first audio (their user stopped speaking, or they
+    asked for a response), which later slices of a long transcription yield to.
+
+    The models are separate locks but share 2 cores: a Whisper slice of someone's long recording
+    slows another session's reply generation and synthesis too (+6 s to its first audio while a
+    30 s item was transcribed). A mark expires after ``expiry_s``, so a turn that never gets
+    an answer cannot hold background work back for long.
+    """
+
+    def __init__(self, expiry_s: float = 5.0) -> None:
+        self.expiry_s = expiry_s
+        self._since: dict[str, float] = {}
+        self._condition = threading.Condition()
+
+    def begin(self, key: str) -> None:
+        with self._condition:
+            self._since.setdefault(key, time.monotonic())
+
+    def end(self, key: str) -> None:
+        with self._condition:
+            if self._since.pop(key, None) is not None:
+                self._condition.notify_all()
+
+    def wait_clear(self, exclude: str | None, timeout_s: float) -> None:
+        """Block until no other session is waiting for its first audio (at most ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        with self._condition:
+            while True:
+                now = time.monotonic()
+                pending = any(key != exclude and now - since < self.expiry_s for key, since in self._since.items())
+                if not pending or now >= deadline:
+                    return
+                self._condition.wait(min(0.05, deadline - now))
 
 
 def slice_points(samples: np.ndarray, rate_hz: int, slice_s: float = ASR_SLICE_S, search_s: float = ASR_SLICE_SEARCH_S) -> list[int]:
@@ -143,6 +198,8 @@ class SharedWhisperASR(WhisperASR):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._pass_lock = PriorityLock()
         self.failures: list[str] = []
+        self.urgency = Urgency()
+        self.session_key: str | None = None  # the view's session (its own urgency does not hold it back)
 
     def transcribe(self, samples: np.ndarray) -> str:
         try:
@@ -163,7 +220,9 @@ class SharedWhisperASR(WhisperASR):
         level = level if level is Priority.PARTIAL_TRANSCRIPT else Priority.FINAL_TRANSCRIPT
         cuts = [0, *slice_points(samples, INPUT_SAMPLE_RATE_HZ), len(samples)]
         texts = []
-        for start, end in itertools.pairwise(cuts):
+        for index, (start, end) in enumerate(itertools.pairwise(cuts)):
+            if index:  # a long recording: let other sessions' turns through first
+                self.urgency.wait_clear(self.session_key, URGENT_YIELD_MAX_S)
             self._pass_lock.acquire(level)
             try:
                 texts.append(super().transcribe(samples[start:end]))

@@ -97,6 +97,8 @@ class _Tap:
         state, response = self.state, self.state.response
         assert response is not None
         if isinstance(frame, TextDelta):
+            if not self.audio and not state.output_tokens:
+                self.session._urgency.end(self.session.id)  # a text reply's first output is out
             state.output_tokens += 1
             if state.part is not None:
                 state.part.text = (state.part.text or "") + frame.text
@@ -311,6 +313,7 @@ class ResponsesMixin:
             details, status = None, "completed"
         input_tokens = sum(self.engines.count_tokens(str(m.get("content") or "")) for m in self.conversation.messages())
         usage = {"total_tokens": input_tokens + state.output_tokens, "input_tokens": input_tokens, "output_tokens": state.output_tokens}
+        self._urgency.end(self.id)
         self.emit("response.done", response=self._response_object(state, status, details, usage))
         if self._active is state:
             self._active = None

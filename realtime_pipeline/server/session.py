@@ -126,6 +126,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self.failed = False
         self._group: TaskGroup | None = None
         self.asr = engines.asr.view()
+        self.asr.session_key = self.id
+        self._urgency = engines.asr.urgency
         self.vad = SwitchableVAD(self._vad_settings(self.config.turn_detection))
         self.output = EventOutput(
             OUTPUT_SAMPLE_RATE_HZ, self._on_audio_block,
@@ -158,6 +160,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
                     await self.handle(text)
             finally:
                 self._closing = True
+                self._urgency.end(self.id)
                 self.pipeline.stop()
                 self._audio_send.close()
                 self._jobs_send.close()
@@ -242,6 +245,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             pending = self._turn_items.get(event.turn_id)
             if pending is None:
                 return
+            self._urgency.begin(self.id)  # the user waits for the answer from now on
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=pending.id)
             self._pending_audio, self._pending_samples = [], 0
             self._turn_items[event.turn_id] = self._commit_user_audio(pending.id)
@@ -260,6 +264,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         words = self._transcribed(item, frame.text, frame.turn_id, (frame.audio_end_ms - frame.audio_start_ms) / 1000.0)
         self.conversation.close_turn(frame.turn_id)
         td = self.config.turn_detection
+        if not (words and td is not None and td.create_response):
+            self._urgency.end(self.id)  # nothing to answer
         if words and td is not None and td.create_response and self._queued is None:
             if self._active is not None and self.conversation.allow_interruptions:
                 self.conversation.cancel_response("turn_detected")
@@ -302,6 +308,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         if state is None or state.response is None or state.response.id != response_id or not state.output:
             return
         item = state.output[-1]
+        if not item.audio_samples:
+            self._urgency.end(self.id)  # the first audio is out
         item.audio_samples += len(samples)
         self.emit("response.output_audio.delta", **self.part_ids(state), delta=self._encoder.encode(samples))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ssl
 
 import anyio
+import numpy as np
 import jiwer
 import pytest
 from conftest import normalize_text
@@ -139,3 +140,100 @@ async def test_sessions_beyond_the_limit_are_refused_with_an_error_and_close_cod
             await anyio.sleep(0.05)
         else:
             raise AssertionError("the freed session slot was never given to a new connection")
+
+
+# -- third-party client libraries -------------------------------------------------------------
+async def _agents_until(session, server_event: str, timeout_s: float = 180.0) -> list:
+    """openai-agents session events until the raw server event ``server_event`` (errors fail)."""
+    seen = []
+    with anyio.fail_after(timeout_s):
+        async for event in session:
+            seen.append(event)
+            assert event.type != "error", f"openai-agents reported an error: {event.error}"
+            if event.type == "raw_model_event" and event.data.type == "raw_server_event" and event.data.data.get("type") == server_event:
+                return seen
+    raise AssertionError(f"the session ended before {server_event}")
+
+
+async def test_openai_agents_realtime_runner_spoken_and_text_turns(server):
+    agents_realtime = pytest.importorskip("agents.realtime", reason="the clients extra (openai-agents)")
+    agent = agents_realtime.RealtimeAgent(name="assistant", instructions="Answer in one short sentence.")
+    runner = agents_realtime.RealtimeRunner(agent, config={"model_settings": {"max_output_tokens": SHORT}})
+    session = await runner.run(model_config={"url": f"{server.base_url}/realtime?model=gpt-realtime", "api_key": KEY})
+    async with session:
+        await _agents_until(session, "session.updated", 30)
+        await session.send_message("Say hello.")
+        text_events = await _agents_until(session, "response.done")
+        assert any(e.type == "audio" and e.audio.data for e in text_events)  # the reply was spoken
+        speech = speech_24k("ps_goforward.wav")
+        silence = np.zeros(24 * 1200, dtype=np.int16)
+        for piece in np.array_split(np.concatenate([np.zeros(24 * 300, dtype=np.int16), speech, silence]), 40):
+            await session.send_audio(piece.astype("<i2").tobytes())
+        spoken = await _agents_until(session, "response.done")
+    transcripts = [e.data.data["transcript"] for e in spoken if e.type == "raw_model_event" and e.data.type == "raw_server_event"
+                   and e.data.data.get("type") == "conversation.item.input_audio_transcription.completed"]
+    assert transcripts and heard_as(transcripts[-1], "go forward ten meters"), transcripts
+    assert any(e.type == "audio" and e.audio.data for e in spoken)
+
+
+async def _livekit_generation(generation) -> tuple[str, int]:
+    """Read a LiveKit generation: its text and how many audio samples it carried."""
+    text, samples = [], [0]
+
+    async def read_message(message) -> None:
+        async def read_text() -> None:
+            async for piece in message.text_stream:
+                text.append(str(piece))
+
+        async def read_audio() -> None:
+            async for frame in message.audio_stream:
+                samples[0] += frame.samples_per_channel
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read_text)
+            group.start_soon(read_audio)
+
+    async for message in generation.message_stream:
+        await read_message(message)
+    return "".join(text), samples[0]
+
+
+async def test_livekit_realtime_model_spoken_and_text_turns(server):
+    livekit_openai = pytest.importorskip("livekit.plugins.openai", reason="the clients extra (livekit-plugins-openai)")
+    import aiohttp
+    from livekit import rtc
+
+    async with aiohttp.ClientSession() as http:
+        model = livekit_openai.realtime.RealtimeModel(model="gpt-realtime", base_url=server.base_url, api_key=KEY, http_session=http)
+        model.update_options(max_response_output_tokens=SHORT)
+        session = model.session()
+        server_events: list[dict] = []
+        generations: list = []
+        errors: list = []
+        session.on("openai_server_event_received", server_events.append)
+        session.on("generation_created", generations.append)
+        session.on("error", errors.append)
+        try:
+            generation = await session.generate_reply(instructions="Say hello.")
+            with anyio.fail_after(120):
+                text, samples = await _livekit_generation(generation)
+            assert text.strip() and samples > 24_000 * 0.3, (text, samples)  # generate_reply works (instructions were never null-safe)
+            speech = speech_24k("ps_goforward.wav")
+            audio = np.concatenate([np.zeros(24 * 300, dtype=np.int16), speech, np.zeros(24 * 1200, dtype=np.int16)])
+            before = len(generations)
+            for start in range(0, len(audio), 2400):
+                chunk = audio[start : start + 2400]
+                session.push_audio(rtc.AudioFrame(chunk.astype("<i2").tobytes(), 24_000, 1, len(chunk)))
+                await anyio.sleep(0.02)
+            with anyio.fail_after(180):
+                while len(generations) == before:
+                    await anyio.sleep(0.05)
+                spoken_text, spoken_samples = await _livekit_generation(generations[-1])
+            assert spoken_samples > 24_000 * 0.3 and spoken_text.strip()
+            transcripts = [e["transcript"] for e in server_events if e.get("type") == "conversation.item.input_audio_transcription.completed"]
+            assert transcripts and heard_as(transcripts[-1], "go forward ten meters"), transcripts
+            assert not errors, errors
+            assert not [e for e in server_events if e.get("type") == "error"]
+        finally:
+            await session.aclose()
+            await model.aclose()

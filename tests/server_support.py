@@ -66,15 +66,16 @@ def validate_event(data: dict[str, Any], dialect: str) -> pydantic.BaseModel:
 class RunningServer:
     """A real server (uvicorn in a thread, its own event loop) on 127.0.0.1 and a free port."""
 
-    def __init__(self, engines: Engines, options: ServerOptions) -> None:
+    def __init__(self, engines: Engines, options: ServerOptions, **config: Any) -> None:
+        """``config``: more uvicorn settings (``ssl_certfile``/``ssl_keyfile`` serve wss://)."""
         self.port = free_port()
-        config = uvicorn_config(create_app(engines, options), "127.0.0.1", self.port)
-        self.server = uvicorn.Server(config)
+        self.scheme = "wss" if config.get("ssl_certfile") else "ws"
+        self.server = uvicorn.Server(uvicorn_config(create_app(engines, options), "127.0.0.1", self.port, **config))
         self.thread = threading.Thread(target=self.server.run, name="realtime-server", daemon=True)
 
     @property
     def base_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> RunningServer:
         self.thread.start()
@@ -155,3 +156,34 @@ class Client:
 
 def types_of(events: list[dict[str, Any]]) -> list[str]:
     return [event["type"] for event in events]
+
+
+class RawClient(Client):
+    """A plain ``websockets`` connection (a browser-style client: no SDK), validated the same way."""
+
+    async def send(self, event: dict[str, Any]) -> None:
+        await self.connection.send(json.dumps(event))
+
+    async def send_raw(self, text: str) -> None:
+        await self.connection.send(text)
+
+    async def next(self, timeout_s: float = 120.0) -> dict[str, Any]:
+        with anyio.fail_after(timeout_s):
+            raw = await self.connection.recv()
+        data = json.loads(raw)
+        validate_event(data, self.dialect)
+        self.events.append(data)
+        return data
+
+
+def self_signed_certificate(directory: Any) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 (openssl CLI): (certfile, keyfile)."""
+    import subprocess
+
+    cert, key = str(directory / "cert.pem"), str(directory / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key

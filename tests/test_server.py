@@ -312,7 +312,7 @@ async def test_bad_input_gets_an_error_and_the_session_goes_on(server):
         await client.send({"type": "input_audio_buffer.commit", "event_id": "evt_cleared"})
         await expect_error("evt_cleared", "input_audio_buffer_commit_empty")  # the clear dropped the audio
         await client.send({"type": "conversation.item.truncate", "event_id": "evt_unknown_item", "item_id": "item_nope", "content_index": 0, "audio_end_ms": 10})
-        await expect_error("evt_unknown_item", "item_not_found")
+        await expect_error("evt_unknown_item", "item_truncate_invalid_item_id")
         await client.send({"type": "response.cancel", "event_id": "evt_cancel_none"})
         await expect_error("evt_cancel_none", "response_cancel_not_active")
         await client.send_raw('{"type": "session.update", "event_id": "evt_bad_vad", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "server_vad", "threshold": 7}}}}}')
@@ -352,7 +352,7 @@ async def test_two_sessions_at_once_stay_apart(server):
         client = await opened(connection, "ga")
         await client.send({"type": "conversation.item.retrieve", "event_id": "evt_other", "item_id": results["ps_goforward.wav"]["own_item"]})
         error = await client.until("error", 30)
-        assert error["error"]["code"] == "item_not_found" and error["error"]["event_id"] == "evt_other"
+        assert error["error"]["code"] == "item_retrieve_invalid_item_id" and error["error"]["event_id"] == "evt_other"
 
 
 async def test_function_call_round_trip(server):
@@ -407,7 +407,7 @@ async def test_items_create_retrieve_delete(server):
         assert (await client.until("conversation.item.created", 30))["previous_item_id"] is None
         await client.send({"type": "conversation.item.create", "event_id": "evt_dup", "item": text_item("item_a", "user", "again")})
         error = await client.until("error", 30)
-        assert error["error"]["code"] == "duplicate_item_id" and error["error"]["event_id"] == "evt_dup"
+        assert error["error"]["code"] == "item_create_duplicate_item_id" and error["error"]["event_id"] == "evt_dup"
         await client.send({"type": "conversation.item.retrieve", "item_id": "item_b"})
         retrieved = await client.until("conversation.item.retrieved", 30)
         assert retrieved["item"]["role"] == "assistant" and retrieved["item"]["content"][0] == {"type": "text", "text": "second"}
@@ -415,7 +415,7 @@ async def test_items_create_retrieve_delete(server):
         assert (await client.until("conversation.item.deleted", 30))["item_id"] == "item_a"
         await client.send({"type": "conversation.item.retrieve", "event_id": "evt_gone", "item_id": "item_a"})
         error = await client.until("error", 30)
-        assert error["error"]["code"] == "item_not_found" and error["error"]["event_id"] == "evt_gone"
+        assert error["error"]["code"] == "item_retrieve_invalid_item_id" and error["error"]["event_id"] == "evt_gone"
         await client.send({"type": "conversation.item.truncate", "event_id": "evt_text", "item_id": "item_b", "content_index": 0, "audio_end_ms": 0})
         error = await client.until("error", 30)
         assert error["error"]["param"] == "content_index" and error["error"]["event_id"] == "evt_text"  # a text item has no audio

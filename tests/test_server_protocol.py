@@ -142,3 +142,134 @@ def test_event_names_per_dialect():
     assert event_name("conversation.item.added", Dialect.BETA) == "conversation.item.created"
     assert event_name("conversation.item.done", Dialect.BETA) is None
     assert event_name("response.done", Dialect.BETA) == "response.done"
+
+
+# -- limits and fair sharing, without models ------------------------------------------------
+def test_priority_lock_serves_waiters_by_priority_then_arrival():
+    import threading
+    import time
+
+    from realtime_pipeline.server.engines import Priority, PriorityLock
+
+    lock = PriorityLock()
+    lock.acquire(Priority.NORMAL)
+    order: list[str] = []
+
+    def wait(name: str, level: Priority) -> None:
+        lock.acquire(level)
+        order.append(name)
+        lock.release()
+
+    threads = []
+    for name, level in (("partial", Priority.PARTIAL_TRANSCRIPT), ("later", Priority.LATER_CLAUSE), ("final", Priority.FINAL_TRANSCRIPT),
+                        ("first", Priority.FIRST_CLAUSE), ("final2", Priority.FINAL_TRANSCRIPT)):
+        thread = threading.Thread(target=wait, args=(name, level))
+        thread.start()
+        threads.append(thread)
+        deadline = time.monotonic() + 5
+        while len(lock._waiting) < len(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
+    lock.release()
+    for thread in threads:
+        thread.join(5)
+    assert order == ["final", "final2", "first", "later", "partial"]
+
+
+def test_long_audio_is_cut_in_pauses_into_short_slices():
+    from realtime_pipeline.server.engines import ASR_SLICE_S, slice_points
+
+    rate = 16_000
+    audio = (np.sin(np.arange(rate * 30) / 5.0) * 10000).astype(np.int16)
+    for pause_s in (6.5, 12.0, 19.0, 25.5):  # 200 ms pauses between "words"
+        audio[int(pause_s * rate) : int((pause_s + 0.2) * rate)] = 0
+    cuts = slice_points(audio, rate)
+    bounds = [0, *cuts, len(audio)]
+    assert all(b - a <= ASR_SLICE_S * rate for a, b in zip(bounds, bounds[1:]))
+    assert all(audio[cut - 80 : cut + 80].any() == False for cut in cuts)  # noqa: E712 - each cut is in a pause
+    assert slice_points(audio[: 5 * rate], rate) == []
+
+
+def test_event_inspection_repairs_lone_surrogates_and_refuses_deep_nesting():
+    import json
+
+    from realtime_pipeline.server.limits import MAX_EVENT_DEPTH, inspect_event
+
+    text = '{"type": "x", "a": ["hi \\ud800"], "k\\udfff": {"b": "\\ud83d\\ude00 ok"}}'
+    data = inspect_event(text, json.loads(text))
+    assert data == {"type": "x", "a": ["hi \ufffd"], "k\ufffd": {"b": "\U0001f600 ok"}}
+    json.dumps(data).encode("utf-8")  # encodable everywhere now
+    deep = "[" * (MAX_EVENT_DEPTH + 1) + "]" * (MAX_EVENT_DEPTH + 1)
+    with pytest.raises(ProtocolError) as error:
+        inspect_event(deep, json.loads(deep))
+    assert error.value.code == "invalid_json" and str(MAX_EVENT_DEPTH) in error.value.message
+
+
+def test_tool_limits_name_the_limit():
+    from realtime_pipeline.server.limits import MAX_SCHEMA_DEPTH, MAX_TOOLS, check_tools
+
+    tool = {"name": "f", "parameters": {"type": "object", "properties": {}}}
+    check_tools([tool] * MAX_TOOLS, "tools")
+    with pytest.raises(ProtocolError, match=str(MAX_TOOLS)) as many:
+        check_tools([tool] * (MAX_TOOLS + 1), "tools")
+    assert many.value.code == "array_above_max_length"
+    node: dict = {"type": "string"}
+    for _ in range(MAX_SCHEMA_DEPTH):
+        node = {"type": "array", "items": node}
+    with pytest.raises(ProtocolError, match=f"{MAX_SCHEMA_DEPTH} levels") as deep:
+        check_tools([{"name": "f", "parameters": node}], "tools")
+    assert deep.value.code == "invalid_function_parameters" and deep.value.param == "tools[0].parameters"
+
+
+def test_history_is_trimmed_to_fit_the_context_oldest_first():
+    from realtime_pipeline.server.limits import MESSAGE_OVERHEAD_TOKENS, fit_messages
+
+    def words(text: str) -> int:
+        return len(text.split())
+
+    system = {"role": "system", "content": "be brief"}
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"m{i} " + "w " * 99} for i in range(10)]
+    fitted = fit_messages([system, *history], words, 2 + 4 * (100 + MESSAGE_OVERHEAD_TOKENS) + MESSAGE_OVERHEAD_TOKENS)
+    assert fitted[0] == system and [m["content"].split()[0] for m in fitted[1:]] == ["m6", "m7", "m8", "m9"]
+    assert fitted[1]["role"] == "user"
+    alone = fit_messages([system, {"role": "user", "content": "old " * 500 + "newest words"}], words, 60)
+    assert alone[1]["content"].endswith("newest words") and words(alone[1]["content"]) <= 60
+    assert fit_messages([system, *history], words, 10**6) == [system, *history]
+
+
+def test_bounded_cache_forgets_the_oldest():
+    from realtime_pipeline.server.limits import BoundedCache
+
+    cache = BoundedCache(2)
+    cache["a"], cache["b"], cache["c"] = 1, 2, 3
+    assert list(cache) == ["b", "c"]
+
+
+def test_priority_lock_does_not_starve_a_long_waiter(monkeypatch):
+    import threading
+    import time
+
+    from realtime_pipeline.server import engines
+    from realtime_pipeline.server.engines import Priority, PriorityLock
+
+    monkeypatch.setitem(engines.PRIORITY_DELAY_S, Priority.PARTIAL_TRANSCRIPT, 0.05)
+    lock = PriorityLock()
+    lock.acquire(Priority.FINAL_TRANSCRIPT)
+    order: list[str] = []
+
+    def wait(name: str, level: Priority) -> None:
+        lock.acquire(level)
+        order.append(name)
+        lock.release()
+
+    partial = threading.Thread(target=wait, args=("partial", Priority.PARTIAL_TRANSCRIPT))
+    partial.start()
+    time.sleep(0.1)  # past the partial's delay: a final arriving now comes after it
+    final = threading.Thread(target=wait, args=("final", Priority.FINAL_TRANSCRIPT))
+    final.start()
+    deadline = time.monotonic() + 5
+    while len(lock._waiting) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    lock.release()
+    partial.join(5)
+    final.join(5)
+    assert order == ["partial", "final"]

@@ -12,7 +12,7 @@ import anyio
 import uvicorn
 
 from ..models import ModelNotFoundError
-from .app import DEFAULT_HOST, DEFAULT_PORT, ServerOptions, create_app, uvicorn_config
+from .app import DEFAULT_HOST, DEFAULT_MAX_SESSIONS, DEFAULT_PORT, ServerOptions, create_app, uvicorn_config
 from .engines import Engines
 from .session import SessionOptions
 
@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="send reply audio as fast as it is synthesized (default: at playback rate, so barge-in knows what was heard)")
     parser.add_argument("--lead-ms", type=int, default=SessionOptions.output_lead_ms,
                         help="paced audio is sent this far ahead of playback (ms)")
+    parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+                        help="sessions served at once; more are refused with a session_limit_reached error and close code 1013 (0: no limit)")
+    parser.add_argument("--ssl-certfile", metavar="PEM", help="serve wss:// (TLS) with this certificate chain (the Node openai SDK connects with wss:// only)")
+    parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key (default: in --ssl-certfile)")
     parser.add_argument("--verbose", "-v", action="store_true")
     return parser
 
@@ -45,14 +49,25 @@ async def serve(args: argparse.Namespace) -> None:
     options = ServerOptions(
         api_key=args.api_key or None,
         session=SessionOptions(pace_output=not args.no_pace, output_lead_ms=args.lead_ms),
+        max_sessions=args.max_sessions or None,
     )
-    config = uvicorn_config(create_app(engines, options), args.host, args.port, log_level="debug" if args.verbose else "info")
-    print(f"serving ws://{args.host}:{args.port}/v1/realtime", file=sys.stderr, flush=True)
+    tls = {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile} if args.ssl_certfile else {}
+    config = uvicorn_config(create_app(engines, options), args.host, args.port, log_level="debug" if args.verbose else "info", **tls)
+    scheme = "wss" if tls else "ws"
+    print(f"serving {scheme}://{args.host}:{args.port}/v1/realtime", file=sys.stderr, flush=True)
     await uvicorn.Server(config).serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_sessions < 0:
+        parser.error("--max-sessions must be 0 (no limit) or more")
+    if args.ssl_keyfile and not args.ssl_certfile:
+        parser.error("--ssl-keyfile needs --ssl-certfile")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path and not os.path.isfile(path):
+            parser.error(f"no such file: {path}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         anyio.run(serve, args)

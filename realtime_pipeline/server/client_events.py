@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import anyio
 import numpy as np
 
 from ..audio import INPUT_SAMPLE_RATE_HZ
@@ -26,6 +27,7 @@ from ..tools import Tool, ToolChoice, ToolError, ToolRegistry
 from .codecs import AudioDecodeError, AudioDecoder, AudioEncoder
 from .engines import OUTPUT_SAMPLE_RATE_HZ
 from .history import SystemNote, finished_response
+from .limits import MAX_ITEM_AUDIO_S, check_tools
 from .protocol import (
     MAX_APPEND_BYTES,
     ContentPart,
@@ -33,7 +35,9 @@ from .protocol import (
     ItemRecord,
     ProtocolError,
     SessionConfig,
+    TRANSCRIPTION_MODEL,
     TurnDetection,
+    given,
     new_id,
     parse_format,
     parse_max_tokens,
@@ -88,19 +92,25 @@ class ClientEventsMixin:
     async def _session_update(self, data: dict[str, Any]) -> None:
         session = self._require(data, "session", dict, "an object")
         config = self._parse_session(session)
-        self._check_tools(config.tools, config.tool_choice, "session")
+        await self._check_prompt(config.instructions, config.tools, "session")
+        # Building a grammar per tool schema takes ~0.1 ms to seconds: not on the event loop.
+        await anyio.to_thread.run_sync(self._check_tools, config.tools, config.tool_choice, "session")
         self._apply(config)
         self.emit("session.updated", session=self._session_object())
 
     def _parse_session(self, s: Mapping[str, Any]) -> SessionConfig:
         c = self.config
         changes: dict[str, Any] = {}
+        s = given(s)
         if s.get("type", "realtime") != "realtime":
             raise ProtocolError("only realtime sessions are served (not transcription)", code="invalid_value", param="session.type")
-        audio = s.get("audio") or {}
+        audio = given(s.get("audio"))
         if not isinstance(audio, Mapping):
             raise ProtocolError("session.audio must be an object", code="invalid_value", param="session.audio")
-        audio_in, audio_out = audio.get("input") or {}, audio.get("output") or {}
+        audio_in, audio_out = given(audio.get("input")), given(audio.get("output"))
+        for name, part in (("input", audio_in), ("output", audio_out)):
+            if not isinstance(part, Mapping):
+                raise ProtocolError(f"session.audio.{name} must be an object", code="invalid_value", param=f"session.audio.{name}")
         if "instructions" in s:
             if not isinstance(s["instructions"], str):
                 raise ProtocolError("session.instructions must be a string", code="invalid_value", param="session.instructions")
@@ -129,11 +139,13 @@ class ClientEventsMixin:
                 value = container[key]
                 if value is not None and not isinstance(value, Mapping):
                     raise ProtocolError(f"{param} must be an object or null", code="invalid_value", param=param)
-                changes["transcription"] = None if value is None else {"model": value.get("model") or "whisper-tiny.en", **{k: value[k] for k in ("language", "prompt") if isinstance(value.get(k), str)}}
+                changes["transcription"] = None if value is None else {"model": value.get("model") or TRANSCRIPTION_MODEL, **{k: value[k] for k in ("language", "prompt") if isinstance(value.get(k), str)}}
         for container, param in ((s, "session.turn_detection"), (audio_in, "session.audio.input.turn_detection")):
             if "turn_detection" in container:
                 changes["turn_detection"] = parse_turn_detection(container["turn_detection"], c.turn_detection, param)
         if "tools" in s:
+            if isinstance(s["tools"], list):
+                check_tools(s["tools"], "session.tools")
             changes["tools"] = parse_tools(s["tools"], "session.tools")
         if "tool_choice" in s:
             changes["tool_choice"] = parse_tool_choice(s["tool_choice"], "session.tool_choice")
@@ -144,7 +156,8 @@ class ClientEventsMixin:
                 changes["max_output_tokens"] = parse_max_tokens(s[key], f"session.{key}")
         return dataclasses.replace(c, **changes)
 
-    def _check_tools(self, tools: tuple[Mapping[str, Any], ...], choice: str | Mapping[str, Any], where: str) -> ToolRegistry:
+    def _check_tools(self, tools: tuple[Mapping[str, Any], ...], choice: str | Mapping[str, Any], where: str, *, grammars: bool = True) -> ToolRegistry:
+        """The tools and choice as a registry; ``grammars``: also build (and cache) each argument grammar."""
         registry = self._registry(tools)
         try:
             parsed = ToolChoice.parse(choice)
@@ -152,7 +165,7 @@ class ClientEventsMixin:
                 raise ToolError(f"tool_choice {parsed.mode} {parsed.name or ''} needs tools, and there are none".replace("  ", " "))
             if len(registry):
                 registry.resolve(choice)
-            for tool in registry:
+            for tool in registry if grammars else ():
                 self.engines.llm.arguments_grammar(tool)
         except ToolError as error:
             raise ProtocolError(str(error), code="invalid_value", param=f"{where}.tools") from None
@@ -167,6 +180,40 @@ class ClientEventsMixin:
             except ToolError as error:
                 raise ProtocolError(str(error), code="invalid_value", param="tools") from None
         return registry
+
+    # -- limits: the system prompt and each item must fit the model's context ------------
+    async def _tokens(self, text: str) -> int:
+        if len(text) > 4096:  # a long text takes milliseconds to tokenize: not on the event loop
+            return await anyio.to_thread.run_sync(self.engines.count_tokens, text)
+        return self.engines.count_tokens(text)
+
+    async def _check_prompt(self, instructions: str, tools: tuple[Mapping[str, Any], ...], where: str, extra_system: str = "") -> None:
+        """The system prompt (instructions, system items, the tool list) may use half the context."""
+        context = self.engines.context_tokens
+        limit = context // 2
+        notes = "\n".join([*(i.ref.text for i in self.items if isinstance(i.ref, SystemNote)), extra_system])
+        listing = "\n".join(f"- {t['name']}: {t.get('description') or ''}" for t in tools)
+        used = await self._tokens(instructions or DEFAULT_SYSTEM_PROMPT) + await self._tokens(notes) + await self._tokens(listing)
+        if used > limit:
+            param = f"{where}.instructions" if not extra_system else "item.content"
+            raise ProtocolError(
+                f"the system prompt would be {used} tokens (instructions, system items and tool list); "
+                f"the model's context is {context} tokens, of which the system prompt may use at most {limit}",
+                code="string_above_max_length", param=param,
+            )
+
+    async def _check_item_text(self, text: str, param: str) -> None:
+        """One item's text may use a quarter of the context (the reply and the system prompt need the rest)."""
+        context = self.engines.context_tokens
+        limit = context // 4
+        if len(text) <= limit:  # a token is at least one character
+            return
+        used = await self._tokens(text)
+        if used > limit:
+            raise ProtocolError(
+                f"{param} is {used} tokens; the model's context is {context} tokens, of which one item may use at most {limit}",
+                code="string_above_max_length", param=param,
+            )
 
     def _apply(self, config: SessionConfig) -> None:
         old, self.config = self.config, config
@@ -247,10 +294,11 @@ class ClientEventsMixin:
             if previous_id == "root":
                 index = 0
             else:
-                index = self._index(previous_id, "previous_item_id") + 1
+                index = self._index(previous_id, "previous_item_id", "item_create_invalid_previous_item_id") + 1
         item, audio = self._item_from_spec(spec)
+        await self._check_item_limits(item)
         if any(existing.id == item.id for existing in self.items):
-            raise ProtocolError(f"an item with id {item.id!r} already exists", code="duplicate_item_id", param="item.id")
+            raise ProtocolError(f"Duplicate item id: an item with id {item.id!r} already exists", code="item_create_duplicate_item_id", param="item.id")
         before = self.items[index].ref if index < len(self.items) else None
         self.items.insert(index, item)
         previous = self.items[index - 1].id if index > 0 else None
@@ -260,6 +308,17 @@ class ClientEventsMixin:
         if audio is not None:
             self._jobs_send.send_nowait(Job("transcribe", item=item, audio=audio))
 
+    async def _check_item_limits(self, item: ItemRecord) -> None:
+        for index, part in enumerate(item.content):
+            if part.text:
+                await self._check_item_text(part.text, f"item.content[{index}]")
+        for name in ("output", "arguments"):
+            value = getattr(item, name)
+            if value:
+                await self._check_item_text(value, f"item.{name}")
+        if item.role == "system":
+            await self._check_prompt(self.config.instructions, self.config.tools, "session", extra_system=item.ref.text)
+
     def _insert_history(self, entry: Any, before: Any) -> None:
         items = self.conversation.items
         if before is not None and before in items:
@@ -268,6 +327,7 @@ class ClientEventsMixin:
             items.append(entry)
 
     def _item_from_spec(self, spec: Mapping[str, Any]) -> tuple[ItemRecord, np.ndarray | None]:
+        spec = given(spec)
         kind = spec.get("type", "message")
         item_id = spec.get("id") if isinstance(spec.get("id"), str) and spec.get("id") else new_id("item")
         if kind == "function_call_output":
@@ -295,16 +355,26 @@ class ClientEventsMixin:
             param = f"item.content[{index}]"
             if not isinstance(part, Mapping):
                 raise ProtocolError(f"{param} must be an object", code="invalid_value", param=param)
+            part = given(part)
             ptype = part.get("type")
             if ptype in ("input_text", "text", "output_text"):
                 text = self._require(part, "text", str, "a string")
                 parts.append(ContentPart("input_text" if role != "assistant" else "output_text", text))
             elif ptype in ("input_audio", "audio", "output_audio"):
                 if isinstance(part.get("audio"), str) and role == "user":
+                    if audio is not None:
+                        raise ProtocolError("a user item carries at most one audio part", code="invalid_value", param=f"{param}.audio")
+                    if len(part["audio"]) * 3 // 4 > MAX_APPEND_BYTES:
+                        raise ProtocolError(f"an item carries at most {MAX_APPEND_BYTES} bytes of audio", code="audio_too_large", param=f"{param}.audio")
                     try:
                         audio, _ = AudioDecoder(self.config.input_format, INPUT_SAMPLE_RATE_HZ).decode(part["audio"])
                     except AudioDecodeError as error:
                         raise ProtocolError(str(error), code="invalid_audio", param=f"{param}.audio") from None
+                    if len(audio) > MAX_ITEM_AUDIO_S * INPUT_SAMPLE_RATE_HZ:
+                        raise ProtocolError(
+                            f"an item carries at most {MAX_ITEM_AUDIO_S:.0f} s of audio, this one {len(audio) / INPUT_SAMPLE_RATE_HZ:.0f} s",
+                            code="audio_too_large", param=f"{param}.audio",
+                        )
                 transcript = part.get("transcript") if isinstance(part.get("transcript"), str) else None
                 parts.append(ContentPart("input_audio" if role == "user" else "output_audio", transcript))
             else:
@@ -327,20 +397,21 @@ class ClientEventsMixin:
             if item.status == "completed":
                 self.emit("conversation.item.done", item=render_item(item, self.dialect), previous_item_id=previous)
 
-    def _index(self, item_id: Any, param: str) -> int:
+    def _index(self, item_id: Any, param: str, unknown_code: str) -> int:
+        """The item's position; an unknown id gets OpenAI's per-event code (clients branch on it)."""
         if not isinstance(item_id, str):
             raise ProtocolError(f"{param} must be a string", code="invalid_value", param=param)
         for index, item in enumerate(self.items):
             if item.id == item_id:
                 return index
-        raise ProtocolError(f"no item with id {item_id!r}", code="item_not_found", param=param)
+        raise ProtocolError(f"Item with {param} not found: {item_id}", code=unknown_code, param=param)
 
     async def _item_retrieve(self, data: dict[str, Any]) -> None:
-        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id")]
+        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_retrieve_invalid_item_id")]
         self.emit("conversation.item.retrieved", item=render_item(item, self.dialect))
 
     async def _item_delete(self, data: dict[str, Any]) -> None:
-        index = self._index(self._require(data, "item_id", str, "a string"), "item_id")
+        index = self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_delete_invalid_item_id")
         item = self.items[index]
         if self._active is not None and item in self._active.output:
             raise ProtocolError("the item belongs to the response in progress: cancel it first", code="item_in_use", param="item_id")
@@ -350,7 +421,7 @@ class ClientEventsMixin:
         self.emit("conversation.item.deleted", item_id=item.id)
 
     async def _item_truncate(self, data: dict[str, Any]) -> None:
-        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id")]
+        item = self.items[self._index(self._require(data, "item_id", str, "a string"), "item_id", "item_truncate_invalid_item_id")]
         content_index = self._require(data, "content_index", int, "an integer")
         audio_end_ms = self._require(data, "audio_end_ms", int, "an integer")
         if item.role != "assistant" or not isinstance(item.ref, Response):
@@ -378,12 +449,23 @@ class ClientEventsMixin:
         self.emit("conversation.item.truncated", item_id=item.id, content_index=content_index, audio_end_ms=audio_end_ms)
 
     async def _response_create(self, data: dict[str, Any]) -> None:
-        overrides = data.get("response") or {}
+        overrides = given(data.get("response"))
         if not isinstance(overrides, Mapping):
             raise ProtocolError("response must be an object", code="invalid_value", param="response")
         if self._active is not None or self._queued is not None:
-            raise ProtocolError("the conversation already has an active response", code="conversation_already_has_active_response")
+            raise ProtocolError(
+                f"Conversation already has an active response in progress: {(self._active.id if self._active else 'queued')}. "
+                "Wait until the response is finished before creating a new one.",
+                code="conversation_already_has_active_response",
+            )
         request = self._request(overrides)
+        self._urgency.begin(self.id)  # the client waits for this response's first output
+        if "tools" in overrides or "instructions" in overrides:
+            await self._check_prompt(request.instructions, request.tools, "response")
+        if "tools" in overrides:
+            await anyio.to_thread.run_sync(self._check_tools, request.tools, request.tool_choice, "response")
+        if self._active is not None or self._queued is not None:  # one arrived while the checks ran
+            raise ProtocolError("Conversation already has an active response in progress.", code="conversation_already_has_active_response")
         self._queued = request
         self._jobs_send.send_nowait(Job("respond", request=request))
 
@@ -403,9 +485,11 @@ class ClientEventsMixin:
         for key in ("max_response_output_tokens", "max_output_tokens"):
             if key in o:
                 max_tokens = parse_max_tokens(o[key], f"response.{key}")
+        if isinstance(o.get("tools"), list):
+            check_tools(o["tools"], "response.tools")
         tools = parse_tools(o["tools"], "response.tools") if "tools" in o else c.tools
         choice = parse_tool_choice(o["tool_choice"], "response.tool_choice") if "tool_choice" in o else c.tool_choice
-        self._check_tools(tools, choice, "response")
+        self._check_tools(tools, choice, "response", grammars=False)
         metadata = o.get("metadata")
         if metadata is not None and (not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values())):
             raise ProtocolError("response.metadata must map strings to strings", code="invalid_value", param="response.metadata")
@@ -418,9 +502,9 @@ class ClientEventsMixin:
             self._queued.cancelled = True
             return
         if state is None or state.finished:
-            raise ProtocolError("there is no active response to cancel", code="response_cancel_not_active")
+            raise ProtocolError("Cancellation failed: no active response found", code="response_cancel_not_active")
         if wanted is not None and wanted != state.id:
-            raise ProtocolError(f"response {wanted!r} is not the active response", code="invalid_value", param="response_id")
+            raise ProtocolError(f"Cancellation failed: response {wanted!r} is not the active response", code="response_cancel_not_active", param="response_id")
         if state.response is None:
             state.request.cancelled = True
         else:

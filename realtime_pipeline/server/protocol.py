@@ -161,6 +161,25 @@ def ga_format(name: str) -> dict[str, Any]:
 
 
 # -- parsing client values (either dialect's shape is accepted in both) ------------------
+#: Fields whose ``null`` means something (manual turns, transcription off); for every other
+#: optional field ``null`` means "not given", as clients send it (LiveKit sends
+#: ``"instructions": null`` in every ``response.create``).
+NULL_MEANS_OFF = frozenset({"turn_detection", "input_audio_transcription", "transcription", "noise_reduction", "input_audio_noise_reduction"})
+
+
+def given(value: Any) -> dict[str, Any]:
+    """A client object without its ``null`` fields (``null`` = not given), except :data:`NULL_MEANS_OFF`.
+
+    A ``null`` object itself is an empty one; anything else that is not an object is
+    returned as is for the caller's type check.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return value  # type: ignore[return-value]
+    return {key: item for key, item in value.items() if item is not None or key in NULL_MEANS_OFF}
+
+
 def _type_error(param: str, expected: str) -> ProtocolError:
     return ProtocolError(f"{param} must be {expected}", code="invalid_value", param=param)
 
@@ -188,6 +207,7 @@ def parse_turn_detection(value: Any, current: TurnDetection | None, param: str) 
         return None
     if not isinstance(value, Mapping):
         raise _type_error(param, "an object or null")
+    value = given(value)
     kind = value.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad"):
         raise ProtocolError(f"{param}.type must be server_vad (or semantic_vad, served as server_vad)", code="invalid_value", param=f"{param}.type")
@@ -215,6 +235,7 @@ def parse_tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
         raise _type_error(param, "a list")
     tools = []
     for index, tool in enumerate(value):
+        tool = given(tool)
         if not isinstance(tool, Mapping) or tool.get("type", "function") != "function" or not isinstance(tool.get("name"), str) or not tool["name"]:
             raise _type_error(f"{param}[{index}]", "a function tool {type: function, name, description, parameters}")
         parameters = tool.get("parameters") or {"type": "object", "properties": {}}

@@ -23,6 +23,8 @@ from ..frames import ResponseEnd, TextDelta
 from ..response import Response, ResponseStatus
 from ..stage import Outbox, StageContext
 from ..tools import Tool, ToolRegistry
+from .engines import Priority, priority
+from .limits import message_tokens
 from .protocol import (
     ContentPart,
     Dialect,
@@ -36,6 +38,9 @@ from .protocol import (
 
 if TYPE_CHECKING:
     from .session import RealtimeSession
+
+#: The decision prompt's question after the tool list, with margin (LlamaLLM.decision_messages).
+TOOL_QUESTION_TOKENS = 64
 
 
 @dataclass
@@ -92,6 +97,8 @@ class _Tap:
         state, response = self.state, self.state.response
         assert response is not None
         if isinstance(frame, TextDelta):
+            if not self.audio and not state.output_tokens:
+                self.session._urgency.end(self.session.id)  # a text reply's first output is out
             state.output_tokens += 1
             if state.part is not None:
                 state.part.text = (state.part.text or "") + frame.text
@@ -149,16 +156,28 @@ class ResponsesMixin:
         self.emit("response.created", response=self._response_object(state, "in_progress"))
         if response.cancelled:  # the user was already talking over it
             return
-        llm = self.engines.llm_view(temperature=request.temperature, max_tokens=max_tokens_of(request.max_output_tokens, self.engines.llm.max_tokens))
-        llm.bind_history(self.conversation)  # the prompt's token budget, before any messages() of this response
+        max_tokens = max_tokens_of(request.max_output_tokens, self.engines.llm.max_tokens)
+        llm = self.engines.llm_view(temperature=request.temperature, max_tokens=max_tokens)
+        llm.bind_history(self.conversation)  # the window's token budget (append-only, one-step trims)
         registry = self._registry(request.tools)
+        conversation.budget_tokens = self._prompt_budget(max_tokens, registry)
+        self.emit_rate_limits(sum(message_tokens(m, self.engines.count_tokens) for m in conversation.messages()))
         tool = await self._decide(llm, registry, request.tool_choice, response)
         if response.cancelled:
             return
         if tool is not None:
             await self._function_call(ctx, llm, state, tool)
         else:
-            await self._message(ctx, outbox, llm, state)
+            with priority(Priority.FIRST_CLAUSE):  # the reply's generation: its first audio waits on it
+                await self._message(ctx, outbox, llm, state)
+
+    def _prompt_budget(self, max_tokens: int, registry: ToolRegistry) -> int:
+        """Tokens the prompt may take: the context less the reply (at most a quarter of it) and
+        the tool list the decision prompt appends; the history is trimmed to fit (limits.py)."""
+        context = self.engines.context_tokens
+        listing = "\n".join(f"- {tool.name}: {tool.description}" for tool in registry)
+        tools = self.engines.count_tokens(listing) + TOOL_QUESTION_TOKENS if len(registry) else 0
+        return context - min(max_tokens, context // 4) - tools
 
     async def _decide(self, llm: Any, registry: ToolRegistry, choice_spec: str | Mapping[str, Any], response: Response) -> Tool | None:
         if not len(registry):
@@ -293,8 +312,9 @@ class ResponsesMixin:
             status = "cancelled"
         else:
             details, status = None, "completed"
-        input_tokens = sum(len(m.get("content") or "") for m in self.conversation.messages()) // 4
+        input_tokens = sum(self.engines.count_tokens(str(m.get("content") or "")) for m in self.conversation.messages())
         usage = {"total_tokens": input_tokens + state.output_tokens, "input_tokens": input_tokens, "output_tokens": state.output_tokens}
+        self._urgency.end(self.id)
         self.emit("response.done", response=self._response_object(state, status, details, usage))
         if self._active is state:
             self._active = None

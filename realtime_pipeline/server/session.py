@@ -37,7 +37,7 @@ from ..stages.player import Player
 from .client_events import HANDLERS, ClientEventsMixin
 from .codecs import AudioDecoder, AudioEncoder
 from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
-from .history import ServerConversation
+from .limits import FittingConversation, inspect_event
 from .protocol import (
     ContentPart,
     Dialect,
@@ -52,6 +52,20 @@ from .responses import Job, ResponseRequest, ResponsesMixin, ResponseState
 from .stages import EventOutput, InputSource, Responder, SwitchableVAD
 
 log = logging.getLogger(__name__)
+
+#: Client messages longer than this are parsed in a worker thread (a big append or tool list).
+LARGE_MESSAGE_CHARS = 256 * 1024
+
+
+def parse_event(text: str) -> Any:
+    """A client message as JSON, depth-checked and with lone surrogates repaired (see limits.py)."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ProtocolError("the message is nested too deeply to parse", code="invalid_json") from None
+    except ValueError as error:
+        raise ProtocolError(f"the message is not valid JSON ({error})", code="invalid_json") from None
+    return inspect_event(text, data)
 
 
 @dataclass(frozen=True)
@@ -81,8 +95,11 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         *,
         model: str | None = None,
         options: SessionOptions | None = None,
+        rate_limit: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
+        """``rate_limit``: the server's session limit as a ``rate_limits.updated`` entry (see app.Admission)."""
         self.engines = engines
+        self._rate_limit = rate_limit
         self.dialect = dialect
         self.options = options or SessionOptions()
         self.id = new_id("sess")
@@ -92,9 +109,10 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self._outgoing_send, self._outgoing = anyio.create_memory_object_stream[dict](math.inf)
         self._audio_send, audio_receive = anyio.create_memory_object_stream[np.ndarray](math.inf)
         self._jobs_send, self._jobs = anyio.create_memory_object_stream[Job](math.inf)
-        self.conversation = ServerConversation(
+        self.conversation = FittingConversation(
             self.config.instructions, interruptions=InterruptionSettings(resume_false_interruption=False)
         )
+        self.conversation.count_tokens = engines.count_tokens
         self.items: list[ItemRecord] = []
         self._decoder = AudioDecoder(self.config.input_format, INPUT_SAMPLE_RATE_HZ)
         self._encoder = AudioEncoder(self.config.output_format, OUTPUT_SAMPLE_RATE_HZ)
@@ -108,6 +126,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self.failed = False
         self._group: TaskGroup | None = None
         self.asr = engines.asr.view()
+        self.asr.session_key = self.id
+        self._urgency = engines.asr.urgency
         self.vad = SwitchableVAD(self._vad_settings(self.config.turn_detection))
         self.output = EventOutput(
             OUTPUT_SAMPLE_RATE_HZ, self._on_audio_block,
@@ -131,6 +151,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             group.start_soon(self._run_pipeline)
             self.emit("session.created", session=self._session_object())
             self.emit("conversation.created", conversation={"id": self.conversation_id, "object": "realtime.conversation"})
+            self.emit_rate_limits()
             try:
                 while True:
                     text = await receive_text()
@@ -139,6 +160,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
                     await self.handle(text)
             finally:
                 self._closing = True
+                self._urgency.end(self.id)
                 self.pipeline.stop()
                 self._audio_send.close()
                 self._jobs_send.close()
@@ -169,6 +191,16 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             return
         self._outgoing_send.send_nowait({"type": wire_name, "event_id": event_id(), **fields})
 
+    def emit_rate_limits(self, prompt_tokens: int = 0) -> None:
+        """``rate_limits.updated``: the server's sessions (as ``requests``) and the LLM's context
+        left for the response (``tokens``), at the start of the session and of each response."""
+        context = self.engines.context_tokens
+        limits: list[dict[str, Any]] = [{"name": "tokens", "limit": context, "remaining": max(0, context - prompt_tokens), "reset_seconds": 0.0}]
+        sessions = self._rate_limit() if self._rate_limit is not None else None
+        if sessions is not None:
+            limits.insert(0, sessions)
+        self.emit("rate_limits.updated", rate_limits=limits)
+
     def emit_error(self, error: ProtocolError, client_event_id: str | None = None) -> None:
         self.emit("error", error={
             "type": error.type, "code": error.code, "message": error.message,
@@ -180,10 +212,10 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         """Act on one client message; any problem becomes an error event."""
         client_event_id: str | None = None
         try:
-            try:
-                data = json.loads(text)
-            except ValueError as error:
-                raise ProtocolError(f"the message is not valid JSON ({error})", code="invalid_json") from None
+            if len(text) > LARGE_MESSAGE_CHARS:  # parsing megabytes takes milliseconds: not on the event loop
+                data = await anyio.to_thread.run_sync(parse_event, text)
+            else:
+                data = parse_event(text)
             if not isinstance(data, dict):
                 raise ProtocolError("a client event must be a JSON object", code="invalid_json")
             if isinstance(data.get("event_id"), str):
@@ -213,6 +245,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             pending = self._turn_items.get(event.turn_id)
             if pending is None:
                 return
+            self._urgency.begin(self.id)  # the user waits for the answer from now on
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=pending.id)
             self._pending_audio, self._pending_samples = [], 0
             self._turn_items[event.turn_id] = self._commit_user_audio(pending.id)
@@ -231,6 +264,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         words = self._transcribed(item, frame.text, frame.turn_id, (frame.audio_end_ms - frame.audio_start_ms) / 1000.0)
         self.conversation.close_turn(frame.turn_id)
         td = self.config.turn_detection
+        if not (words and td is not None and td.create_response):
+            self._urgency.end(self.id)  # nothing to answer
         if words and td is not None and td.create_response and self._queued is None:
             if self._active is not None and self.conversation.allow_interruptions:
                 self.conversation.cancel_response("turn_detected")
@@ -273,6 +308,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         if state is None or state.response is None or state.response.id != response_id or not state.output:
             return
         item = state.output[-1]
+        if not item.audio_samples:
+            self._urgency.end(self.id)  # the first audio is out
         item.audio_samples += len(samples)
         self.emit("response.output_audio.delta", **self.part_ids(state), delta=self._encoder.encode(samples))
 

@@ -149,6 +149,11 @@ class WhisperASR(Stage):
             return self._transcribe_full_window(audio)
         return self._transcribe_fitted_window(audio, duration_s)
 
+    def transcribe_partial(self, samples: np.ndarray) -> str:
+        """A partial pass (the user still speaking): :meth:`transcribe`, which a shared model may
+        run after the final passes of other conversations (see the server's engines)."""
+        return self.transcribe(samples)
+
     def _transcribe_fitted_window(self, audio: np.ndarray, duration_s: float) -> str:
         import ctranslate2
 
@@ -248,7 +253,7 @@ class WhisperASR(Stage):
                     turn_id, start, end = partial_request  # type: ignore[misc]
                     partial_request = None
                     audio = clip(max(start, end - MAX_PARTIAL_S * rate), end)
-                    text = await anyio.to_thread.run_sync(self.transcribe, audio)
+                    text = await anyio.to_thread.run_sync(self.transcribe_partial, audio)
                     self.stats.partials_run += 1
                     if turn is not None and turn.turn_id == turn_id and text:
                         event = TranscriptPartial(turn_id, text)

@@ -123,6 +123,29 @@ async def test_spoken_turn_from_real_speech(server, dialect):
 
 
 @pytest.mark.parametrize("dialect", ["beta", "ga"])
+async def test_semantic_vad_spoken_turn_from_real_speech(server, dialect):
+    """semantic_vad: Smart Turn and the LLM decide the end of the turn; the events are the same."""
+    async with connect(server, dialect) as connection:
+        client = await opened(connection, dialect)
+        turn_detection = {"type": "semantic_vad", "eagerness": "high"}
+        config = {"turn_detection": turn_detection} if dialect == "beta" else {"audio": {"input": {"turn_detection": turn_detection}}}
+        session = await update(client, {**config, **(
+            {"max_response_output_tokens": SHORT} if dialect == "beta" else {"max_output_tokens": SHORT})})
+        detection = session["turn_detection"] if dialect == "beta" else session["audio"]["input"]["turn_detection"]
+        assert detection["type"] == "semantic_vad" and detection["eagerness"] == "high"
+        start = len(client.events)
+        await client.append_audio(speech_24k("ps_librivox_0880.wav"), trailing_silence_ms=2500)  # high: 2 s at most
+        done = await client.until("response.done", 180)
+        types = types_of(client.since(start))
+        order = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed",
+                 "conversation.item.input_audio_transcription.completed", "response.created", "response.done"]
+        positions = [types.index(name) for name in order]
+        assert positions == sorted(positions), types
+        assert types.count("input_audio_buffer.speech_stopped") == 1, types  # one turn: not cut in its pauses
+        assert done["response"]["status"] == "completed"
+
+
+@pytest.mark.parametrize("dialect", ["beta", "ga"])
 async def test_text_turn(server, dialect):
     async with connect(server, dialect) as connection:
         client = await opened(connection, dialect)

@@ -90,9 +90,25 @@ def test_turn_detection_parse_and_validation():
     assert parse_turn_detection(None, TurnDetection(), "p") is None
     parsed = parse_turn_detection({"type": "server_vad", "threshold": 0.7, "silence_duration_ms": 300}, TurnDetection(), "p")
     assert parsed == TurnDetection(threshold=0.7, silence_duration_ms=300)
-    for bad in ({"threshold": 2}, {"silence_duration_ms": -1}, {"create_response": "yes"}, {"type": "magic"}, "on"):
+    for bad in ({"threshold": 2}, {"silence_duration_ms": -1}, {"create_response": "yes"}, {"type": "magic"}, "on",
+                {"type": "semantic_vad", "eagerness": "eager"}):
         with pytest.raises(ProtocolError):
             parse_turn_detection(bad, TurnDetection(), "p")
+
+
+def test_semantic_vad_maps_eagerness_and_server_vad_keeps_its_exact_silence():
+    from realtime_pipeline.server.client_events import ClientEventsMixin
+
+    semantic = parse_turn_detection({"type": "semantic_vad", "eagerness": "high"}, TurnDetection(), "p")
+    assert (semantic.type, semantic.eagerness) == ("semantic_vad", "high")
+    rendered = render_session(SessionConfig(turn_detection=semantic), Dialect.GA, "s")["audio"]["input"]["turn_detection"]
+    assert rendered == {"type": "semantic_vad", "eagerness": "high", "create_response": True, "interrupt_response": True}
+    settings = ClientEventsMixin._vad_settings(semantic).turn_taking
+    assert (settings.mode, settings.max_silence_ms) == ("semantic", 2000)
+    auto = ClientEventsMixin._vad_settings(parse_turn_detection({"type": "semantic_vad"}, None, "p")).turn_taking
+    assert auto.max_silence_ms == 4000  # auto = medium, OpenAI's 4 s cap
+    fixed = ClientEventsMixin._vad_settings(parse_turn_detection({"type": "server_vad", "silence_duration_ms": 650}, semantic, "p"))
+    assert fixed.turn_taking.mode == "silence" and fixed.turn_taking.silence_ms == 650
 
 
 CONFIGS = [

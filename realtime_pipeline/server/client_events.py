@@ -23,6 +23,7 @@ from ..conversation import (
 )
 from ..response import Response
 from ..stages.vad import VADSettings
+from ..turn_taking import TurnTakingSettings
 from ..tools import Tool, ToolChoice, ToolError, ToolRegistry
 from .codecs import AudioDecodeError, AudioDecoder, AudioEncoder
 from .engines import OUTPUT_SAMPLE_RATE_HZ
@@ -228,9 +229,13 @@ class ClientEventsMixin:
 
     @staticmethod
     def _vad_settings(td: TurnDetection | None) -> VADSettings | None:
-        """server_vad → webrtcvad: ``threshold`` is the share of voiced frames that starts speech."""
+        """server_vad → webrtcvad with exactly the silence asked for (``threshold`` is the share of
+        voiced frames that starts speech); semantic_vad → the semantic end-of-turn detector, its
+        ``eagerness`` mapped to the longest wait and the threshold (turn_taking.EAGERNESS)."""
         if td is None:
             return None
+        if td.type == "semantic_vad":
+            return VADSettings(prefix_padding_ms=td.prefix_padding_ms, turn_taking=TurnTakingSettings.semantic(td.eagerness))
         return VADSettings(
             threshold=min(1.0, max(0.05, td.threshold)),
             prefix_padding_ms=td.prefix_padding_ms,

@@ -34,6 +34,7 @@ from ..conversation import Conversation
 from ..stage import StageContext
 from ..stages.asr import WhisperASR
 from ..stages.llm import LlamaLLM
+from ..stages.smart_turn import SmartTurn, SmartTurnModel
 from ..stages.tts import PiperTTS
 from ..tracing import Tracer
 from .limits import BoundedCache
@@ -265,6 +266,8 @@ class Engines:
     asr: SharedWhisperASR
     llm: LlamaLLM
     tts: SharedPiperTTS
+    #: Smart Turn, the audio end-of-turn model of ``semantic_vad`` (thread-safe: one run at a time).
+    smart_turn: SmartTurnModel = field(default_factory=SmartTurnModel)
     _token_counts: functools._lru_cache_wrapper = field(init=False, repr=False)  # type: ignore[type-arg]
 
     def __post_init__(self) -> None:
@@ -304,6 +307,7 @@ class Engines:
             asr=SharedWhisperASR(asr_model, cpu_threads=threads),
             llm=LlamaLLM(llm_model, n_threads=threads, seed=seed),
             tts=SharedPiperTTS(voice, output_sample_rate_hz=OUTPUT_SAMPLE_RATE_HZ),
+            smart_turn=SmartTurnModel(),
         )
 
     async def load(self) -> None:
@@ -311,6 +315,7 @@ class Engines:
         context = StageContext(Conversation(), Tracer())
         for stage in (self.asr, self.llm, self.tts):
             await stage.setup(context)
+        await SmartTurn(self.smart_turn).setup(context)
 
     def llm_view(self, *, temperature: float, max_tokens: int) -> LlamaLLM:
         """The shared LLM with one response's settings (same llama.cpp context and lock)."""

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..turn_taking import EAGERNESS
 from .codecs import BETA_TO_GA_FORMAT, FORMAT_RATES_HZ, GA_FORMAT_NAMES
 
 #: Models the beta SDK's ``Session.model`` admits; another requested name is reported in GA only.
@@ -80,13 +81,20 @@ def event_name(name: str, dialect: Dialect) -> str | None:
 # -- session configuration ---------------------------------------------------------------
 @dataclass(frozen=True)
 class TurnDetection:
-    """``server_vad`` settings; ``None`` in :class:`SessionConfig` means manual turns."""
+    """Turn detection settings; ``None`` in :class:`SessionConfig` means manual turns.
+
+    ``server_vad`` is a fixed silence of ``silence_duration_ms``, exactly; ``semantic_vad``
+    runs the semantic end-of-turn detector (:mod:`realtime_pipeline.turn_taking`) tuned by
+    ``eagerness``.
+    """
 
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 500
     create_response: bool = True
     interrupt_response: bool = True
+    type: str = "server_vad"
+    eagerness: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,18 @@ class SessionConfig:
 
 def render_session(config: SessionConfig, dialect: Dialect, session_id: str) -> dict[str, Any]:
     td = config.turn_detection
-    turn = None if td is None else {
-        "type": "server_vad", "threshold": td.threshold, "prefix_padding_ms": td.prefix_padding_ms,
-        "silence_duration_ms": td.silence_duration_ms, "create_response": td.create_response,
-        "interrupt_response": td.interrupt_response,
-    }
+    turn: dict[str, Any] | None
+    if td is None:
+        turn = None
+    elif td.type == "semantic_vad":
+        turn = {"type": "semantic_vad", "eagerness": td.eagerness, "create_response": td.create_response,
+                "interrupt_response": td.interrupt_response}
+    else:
+        turn = {
+            "type": "server_vad", "threshold": td.threshold, "prefix_padding_ms": td.prefix_padding_ms,
+            "silence_duration_ms": td.silence_duration_ms, "create_response": td.create_response,
+            "interrupt_response": td.interrupt_response,
+        }
     transcription = None if config.transcription is None else {
         key: value for key, value in config.transcription.items() if key in ("model", "language", "prompt") and value is not None
     }
@@ -210,8 +225,11 @@ def parse_turn_detection(value: Any, current: TurnDetection | None, param: str) 
     value = given(value)
     kind = value.get("type", "server_vad")
     if kind not in ("server_vad", "semantic_vad"):
-        raise ProtocolError(f"{param}.type must be server_vad (or semantic_vad, served as server_vad)", code="invalid_value", param=f"{param}.type")
-    base = current or TurnDetection()
+        raise ProtocolError(f"{param}.type must be server_vad or semantic_vad", code="invalid_value", param=f"{param}.type")
+    base = current if current is not None and current.type == kind else TurnDetection(type=kind)
+    eagerness = value.get("eagerness", base.eagerness)
+    if eagerness not in EAGERNESS:
+        raise ProtocolError(f"{param}.eagerness must be one of low, medium, high, auto", code="invalid_value", param=f"{param}.eagerness")
     threshold = value.get("threshold", base.threshold)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 <= threshold <= 1.0:
         raise _type_error(f"{param}.threshold", "a number in [0, 1]")
@@ -227,7 +245,7 @@ def parse_turn_detection(value: Any, current: TurnDetection | None, param: str) 
         if not isinstance(flag, bool):
             raise _type_error(f"{param}.{name}", "a boolean")
         bools[name] = flag
-    return TurnDetection(float(threshold), **ints, **bools)
+    return TurnDetection(float(threshold), **ints, **bools, type=kind, eagerness=eagerness)
 
 
 def parse_tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:

@@ -34,6 +34,7 @@ from ..pipeline import Pipeline, StageError
 from ..stage import Outbox, StageContext
 from ..stages.chunker import SentenceChunker
 from ..stages.player import Player
+from ..stages.smart_turn import SmartTurn
 from .client_events import HANDLERS, ClientEventsMixin
 from .codecs import AudioDecoder, AudioEncoder
 from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
@@ -135,12 +136,17 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         )
         self.pipeline = Pipeline(
             [
-                InputSource(audio_receive), self.vad, self.asr, Responder(self),
+                InputSource(audio_receive), self.vad, SmartTurn(engines.smart_turn), self.asr, Responder(self),
                 SentenceChunker(), engines.tts.view(), Player(self.output, block_ms=self.options.output_block_ms),
             ],
             conversation=self.conversation,
         )
         self.conversation.add_listener(self._on_conversation_event)
+
+    def wants_text_end_of_turn(self) -> bool:
+        """Whether the LLM should score the end of turn of each transcript preview (semantic_vad)."""
+        td = self.config.turn_detection
+        return td is not None and td.type == "semantic_vad"
 
     # -- running ----------------------------------------------------------------------
     async def serve(self, receive_text: Callable[[], Awaitable[str | None]]) -> None:

@@ -21,10 +21,11 @@ import numpy as np
 from anyio.abc import ObjectReceiveStream
 
 from ..audio import INPUT_SAMPLE_RATE_HZ
-from ..frames import AudioFrame, TranscriptFinal
+from ..frames import AudioFrame, TranscriptFinal, TranscriptPreview
 from ..io.outputs import AudioOutput, PlayedBlock
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..stages.vad import VADSettings, WebRTCVAD
+from .engines import Priority, priority
 
 if TYPE_CHECKING:
     from .session import RealtimeSession
@@ -98,7 +99,15 @@ class Responder(Stage):
             async for frame in inbox:
                 if isinstance(frame, TranscriptFinal):
                     self.session.on_transcript(frame)
+                elif isinstance(frame, TranscriptPreview) and self.session.wants_text_end_of_turn():
+                    # semantic_vad's text score: the shared LLM reads the previewed words (beside the loop)
+                    group.start_soon(self._score_end_of_turn, ctx, frame)
             group.cancel_scope.cancel()
+
+
+    async def _score_end_of_turn(self, ctx: StageContext, preview: TranscriptPreview) -> None:
+        with priority(Priority.FINAL_TRANSCRIPT):  # the turn's end waits on it, like its final pass
+            await self.session.engines.llm.emit_end_of_turn_score(ctx.conversation, preview)
 
 
 class EventOutput(AudioOutput):

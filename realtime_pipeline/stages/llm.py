@@ -340,7 +340,7 @@ class ChatLLM(Stage):
                 async for frame in inbox:
                     await outbox.send(frame)
                     if isinstance(frame, TranscriptPreview) and self.score_end_of_turn:
-                        await self._score_end_of_turn(conversation, frame)
+                        await self.emit_end_of_turn_score(conversation, frame)
                     if isinstance(frame, TranscriptPreview) and self.speculate and not len(self.tools):
                         # The turn may be ending: prepare the reply now; it plays only if the
                         # VAD commits the turn where the preview assumed (tool calls could have
@@ -362,7 +362,7 @@ class ChatLLM(Stage):
             finally:
                 self._background = None
 
-    async def _score_end_of_turn(self, conversation: Conversation, preview: TranscriptPreview) -> None:
+    async def emit_end_of_turn_score(self, conversation: Conversation, preview: TranscriptPreview) -> None:
         """The text end-of-turn score of the pause ``preview`` was made for, as a TurnScore event.
 
         Scored on the history plus the previewed words, before the speculative reply starts, so

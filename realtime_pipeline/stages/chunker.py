@@ -33,10 +33,15 @@ def speakable(text: str) -> str:
 class SentenceChunker(Stage):
     name = "chunker"
 
-    def __init__(self, *, first_chunk_min_words: int = 3, first_chunk_max_words: int = 8, max_chunk_chars: int = 250) -> None:
+    def __init__(self, *, first_chunk_min_words: int = 3, first_chunk_max_words: int = 5, max_chunk_chars: int = 250) -> None:
         """The first chunk ends at the first clause boundary after ``first_chunk_min_words``;
         if none has come by ``first_chunk_max_words``, it is cut before a word that starts a
-        phrase ("like", "and", "for", ...), or after ``first_chunk_max_words`` words."""
+        phrase ("like", "and", "for", ...), or after ``first_chunk_max_words`` words.
+
+        ``first_chunk_max_words`` = 5: once the end of turn commits within ~200–800 ms of
+        silence, the first chunk is on the critical path. With 8 it took p50 460 ms of
+        generation after the first token (30 natural turns, ``python -m benchmarks.latency``),
+        the largest span after the endpoint; each word is ~50 ms of SmolLM2 output here."""
         self.first_chunk_min_words = first_chunk_min_words
         self.first_chunk_max_words = first_chunk_max_words
         self.max_chunk_chars = max_chunk_chars

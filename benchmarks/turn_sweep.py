@@ -170,7 +170,7 @@ def describe(s: TurnTakingSettings) -> str:
 def default_grid() -> list[TurnTakingSettings]:
     grid = [TurnTakingSettings.fixed_silence(ms) for ms in (300, 500, 800, 1200, 2000)]
     for (audio, text), threshold, min_ms, max_ms in itertools.product(
-            ((1, 0), (0, 1), (1, 1), (1, 2)), (0.3, 0.4, 0.5, 0.7), (200,), (1500, 2000, 3000)):
+            ((1, 0), (0, 1), (1, 0.5), (1, 1), (1, 2)), (0.3, 0.5, 0.7), (200,), (1500, 2000, 3000)):
         grid.append(TurnTakingSettings(min_silence_ms=min_ms, max_silence_ms=max_ms, threshold=threshold,
                                        weights=((AUDIO_MODEL, float(audio)), (TEXT_MODEL, float(text)))))
     return grid
@@ -181,17 +181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--natural-dir", type=Path, default=DEFAULT_AUDIO_DIR)
     parser.add_argument("--pause-dir", type=Path, default=PAUSE_DIR)
     parser.add_argument("--json", type=Path, help="write the scored pauses and the table as JSON")
+    parser.add_argument("--scores", type=Path, help="replay the scored pauses of an earlier --json instead of scoring again")
     args = parser.parse_args(argv)
-    vad = VADSettings()
-    turns = [(t, "natural") for t in load_turns(args.natural_dir)] + [(t, "pauses") for t in load_turns(args.pause_dir)]
-    asr = WhisperASR()
-    llm = LlamaLLM()
-    smart_turn = SmartTurnModel()
-    context = StageContext(Conversation(), Tracer(enabled=False))
-    anyio.run(asr.setup, context)
-    anyio.run(llm.setup, context)
-    smart_turn.load()
-    files = score_pauses(turns, vad, asr, llm, smart_turn)
+    if args.scores:
+        saved = json.loads(args.scores.read_text(encoding="utf-8"))["files"]
+        files = [FilePauses(f["name"], f["corpus"], f["speech_end_ms"], [Pause(**p) for p in f["pauses"]]) for f in saved]
+    else:
+        vad = VADSettings()
+        turns = [(t, "natural") for t in load_turns(args.natural_dir)] + [(t, "pauses") for t in load_turns(args.pause_dir)]
+        asr = WhisperASR()
+        llm = LlamaLLM()
+        smart_turn = SmartTurnModel()
+        context = StageContext(Conversation(), Tracer(enabled=False))
+        anyio.run(asr.setup, context)
+        anyio.run(llm.setup, context)
+        smart_turn.load()
+        files = score_pauses(turns, vad, asr, llm, smart_turn)
     rows = sweep(files, default_grid())
     print(f"{'setting':64} {'natural cut-off':>15} {'wait p50/p95':>13} {'pauses cut-off':>15} {'wait p50/p95':>13}")
     for row in rows:

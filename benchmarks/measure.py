@@ -15,6 +15,7 @@ import numpy as np
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ
 from realtime_pipeline.stages.asr import WhisperASR
 from realtime_pipeline.stages.llm import LlamaLLM
+from realtime_pipeline.stages.smart_turn import SmartTurn
 from realtime_pipeline.stages.tts import PiperTTS
 
 from .turns import normalize_text
@@ -27,6 +28,8 @@ class Models:
     asr: WhisperASR
     llm: LlamaLLM
     tts: PiperTTS
+    #: The audio end-of-turn model's stage (None with a fixed-silence end of turn).
+    turn: SmartTurn | None = None
 
 
 class ModelTimer:

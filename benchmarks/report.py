@@ -58,7 +58,7 @@ def print_report(console: Console, report: dict[str, Any], trace_summary: TraceS
     console.print(f"[bold]{report['command']}[/bold]")
     console.print(
         f"{summary['turns']} turns ({summary['turns_answered']} answered) from {config['audio_dir']}, "
-        f"replies capped at {config['max_tokens']} tokens, end-of-turn silence {config['silence_ms']} ms, "
+        f"replies capped at {config['max_tokens']} tokens, end of turn: {_end_of_turn(summary)}, "
         f"{summary['conversation_s']:.0f} s of conversation"
     )
     console.print(summary_table(trace_summary, budget_ms=SEED_BUDGET_MS, critical_path=True,
@@ -108,10 +108,38 @@ def print_report(console: Console, report: dict[str, Any], trace_summary: TraceS
                 table.add_row(label, str(values["count"]), _fmt(values["p50"]), _fmt(values["p95"]), _fmt(values["max"]))
         console.print(table)
         console.print(f"baseline / streaming (p50): [bold]{_fmt(baseline['ratio'], '.1f', '×')}[/bold]")
+    print_turn_taking(console, summary)
     barge_in = summary.get("barge_in_ms")
     if isinstance(barge_in, dict):
         console.print(f"barge-in, user speech onset → reply silent: p50 {_fmt(barge_in.get('p50'))} ms, "
                       f"p95 {_fmt(barge_in.get('p95'))} ms (benchmarks/barge_in.py)")
+
+
+def _end_of_turn(summary: dict[str, Any]) -> str:
+    turn = summary.get("turn_taking") or {}
+    settings = turn.get("settings") or {}
+    if turn.get("mode") == "silence":
+        return f"fixed silence {settings.get('silence_ms')} ms"
+    if turn.get("mode") == "semantic":
+        return (f"semantic ({settings.get('min_silence_ms')}–{settings.get('max_silence_ms')} ms, "
+                f"threshold {settings.get('threshold')}, weights {settings.get('weights')})")
+    return "?"
+
+
+def print_turn_taking(console: Console, summary: dict[str, Any]) -> None:
+    turn = summary.get("turn_taking")
+    if not turn:
+        return
+    wait = turn.get("wait_after_end_ms") or {}
+    error = turn.get("vad_speech_end_error_ms") or {}
+    costs = ", ".join(f"{name} p50 {_fmt(v['p50'], '.0f')} / p95 {_fmt(v['p95'], '.0f')} ms"
+                      for name, v in (turn.get("model_cost_per_call") or {}).items() if v)
+    console.print(
+        f"turn-taking ({_end_of_turn(summary)}): [bold]{turn['cut_offs']} of {turn['files']} files cut off[/bold]"
+        f" · commit after the true end p50 {_fmt(wait.get('p50'))} / p95 {_fmt(wait.get('p95'))} ms"
+        f" · VAD speech-end error p50 {_fmt(error.get('p50'))} ms" + (f" · model cost per call: {costs}" if costs else ""))
+    if turn["cut_off_files"]:
+        console.print("  cut off: " + ", ".join(turn["cut_off_files"]))
 
 
 def turn_table(records: Sequence[dict[str, Any]]) -> Table:

@@ -71,7 +71,7 @@ def build_streaming(turns: list[Turn], models: Models, *, system_prompt: str | N
     source = RecordingSource([t.samples for t in turns], INPUT_SAMPLE_RATE_HZ, realtime=True, wait_for_reply=True)
     output = MemoryOutput(models.tts.output_sample_rate_hz, paced=True)
     conversation = Conversation(system_prompt) if system_prompt else Conversation()
-    pipeline = voice_pipeline(source, output, vad=vad, asr=models.asr, llm=models.llm, tts=models.tts,
+    pipeline = voice_pipeline(source, output, vad=vad, turn=models.turn, asr=models.asr, llm=models.llm, tts=models.tts,
                               conversation=conversation, tracer=Tracer())
     run = StreamingRun(pipeline, source, output)
 

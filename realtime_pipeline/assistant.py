@@ -10,9 +10,11 @@ from .stages.asr import WhisperASR
 from .stages.chunker import SentenceChunker
 from .stages.llm import LlamaLLM
 from .stages.player import Player
+from .stages.smart_turn import SmartTurn
 from .stages.tts import PiperTTS
 from .stages.vad import VADSettings, WebRTCVAD
 from .tracing import Tracer
+from .turn_taking import AUDIO_MODEL
 
 
 def voice_pipeline(
@@ -20,6 +22,7 @@ def voice_pipeline(
     output: AudioOutput,
     *,
     vad: WebRTCVAD | VADSettings | None = None,
+    turn: SmartTurn | None = None,
     asr: WhisperASR | None = None,
     llm: LlamaLLM | None = None,
     chunker: SentenceChunker | None = None,
@@ -32,11 +35,15 @@ def voice_pipeline(
 
     Pass your own stage instances to change models or settings (they load in
     :meth:`Pipeline.start`, so instances can be shared by pipelines run one
-    after the other).
+    after the other). The end of each turn is decided by the semantic detector
+    (``VADSettings().turn_taking``, with the Smart Turn audio model ``turn``);
+    ``VADSettings(silence_duration_ms=500)`` selects a fixed silence instead.
     """
-    stages: list[Stage] = [
-        source,
-        vad if isinstance(vad, WebRTCVAD) else WebRTCVAD(vad),
+    vad_stage = vad if isinstance(vad, WebRTCVAD) else WebRTCVAD(vad)
+    stages: list[Stage] = [source, vad_stage]
+    if AUDIO_MODEL in vad_stage.settings.turn_taking.sources:
+        stages.append(turn or SmartTurn())
+    stages += [
         asr or WhisperASR(),
         llm or LlamaLLM(),
         chunker or SentenceChunker(),

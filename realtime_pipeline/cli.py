@@ -23,6 +23,7 @@ from .stages.asr import WhisperASR
 from .stages.llm import LlamaLLM
 from .stages.tts import PiperTTS
 from .stages.vad import VADSettings
+from .turn_taking import TurnTakingSettings
 from .assistant import voice_pipeline
 
 
@@ -40,12 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--asr-model", metavar="DIR", help="faster-whisper model directory (default: embedded tiny.en)")
     parser.add_argument("--llm-model", metavar="GGUF", help="llama.cpp model file (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--voice", metavar="ONNX", help="Piper voice .onnx (default: embedded en_US-joe-medium)")
-    parser.add_argument("--silence-ms", type=int, default=VADSettings.silence_duration_ms, help="end-of-turn silence (ms)")
+    parser.add_argument("--turn-detection", choices=("semantic", "silence"), default="semantic",
+                        help="how the end of a turn is decided: the semantic detector (a short silence plus the Smart Turn "
+                        "and LLM end-of-turn scores; default) or a fixed silence (--silence-ms)")
+    parser.add_argument("--silence-ms", type=int, default=None,
+                        help=f"end of turn after this fixed silence (implies --turn-detection silence; default {TurnTakingSettings.silence_ms})")
+    parser.add_argument("--max-silence-ms", type=int, default=TurnTakingSettings.max_silence_ms,
+                        help="semantic: the longest wait for a turn that sounds unfinished (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=120, help="longest reply, in tokens")
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
+
+
+def vad_settings(args: argparse.Namespace) -> VADSettings:
+    if args.turn_detection == "silence" or args.silence_ms is not None:
+        return VADSettings(silence_duration_ms=TurnTakingSettings.silence_ms if args.silence_ms is None else args.silence_ms)
+    return VADSettings(turn_taking=TurnTakingSettings(max_silence_ms=args.max_silence_ms))
 
 
 def build(args: argparse.Namespace) -> Pipeline:
@@ -67,7 +80,7 @@ def build(args: argparse.Namespace) -> Pipeline:
     return voice_pipeline(
         source,
         output,
-        vad=VADSettings(silence_duration_ms=args.silence_ms),
+        vad=vad_settings(args),
         asr=WhisperASR(args.asr_model, cpu_threads=args.threads),
         llm=LlamaLLM(args.llm_model, n_threads=args.threads, max_tokens=args.max_tokens),
         tts=PiperTTS(args.voice, output_sample_rate_hz=output.sample_rate_hz),

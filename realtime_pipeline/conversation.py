@@ -198,6 +198,11 @@ class Conversation:
         if pending is not None:  # more speech while paused: its transcript decides too
             pending.turns.add(event.turn_id)
             pending.resume_at_ms = None
+        active = self.active_response
+        if active is not None and active.played_ms == 0 and self.interruptions.resume_false_interruption:
+            # The user speaks again before the reply was heard (a pause the end-of-turn detector
+            # took for the end): hold it now rather than after min_interruption_ms of talking over.
+            self._interrupt(event.turn_id)
         self.emit(event)
 
     def user_speech_progress(self, turn_id: int, voiced_ms: int) -> None:

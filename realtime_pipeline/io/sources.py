@@ -112,7 +112,11 @@ class MemorySource(Stage):
                     await mic.silence_until(lambda: replied(heard_up_to))
                 else:
                     while not replied(heard_up_to):
-                        await anyio.sleep(0.01)
+                        if conversation.user_speaking:  # the end of turn is still open: it needs the silence
+                            await mic.emit(np.zeros(mic.frame_samples, dtype=np.int16))
+                            await anyio.sleep(mic.frame_samples / mic.rate_hz)  # at real pace: the end-of-turn scores can come
+                        else:
+                            await anyio.sleep(0.01)
                 if index + 1 < len(self.turns):
                     await mic.silence(self.gap_ms)
 

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import numpy as np
 from anyio.abc import TaskGroup
 
 from .. import models
@@ -53,6 +55,7 @@ from ..tools import (
     as_registry,
 )
 from ..tracing import LLM_FIRST_TOKEN
+from ..turn_taking import TEXT_MODEL, TurnScore
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,12 @@ def render_for_template(messages: Messages) -> list[dict[str, str]]:
     if messages and messages[-1].get("role") == "tool":
         rendered[-1]["content"] += "\nAnswer the user with this result."
     return rendered
+
+
+def normalize_for_end_of_turn(text: str) -> str:
+    """The user's words as the text end-of-turn score reads them: lower case, no punctuation
+    (Whisper ends nearly every clip with a period, finished or not)."""
+    return " ".join(re.sub(r"[^\w' ]+", " ", text.lower()).split())
 
 
 def bounded_schema(schema: dict[str, Any], *, max_string_chars: int, max_items: int) -> tuple[dict[str, Any], int | None]:
@@ -247,9 +256,11 @@ class ChatLLM(Stage):
         followup_tool_choice: ToolChoiceSpec = "auto",
         max_tool_calls: int = 3,
         speculate: bool = True,
+        score_end_of_turn: bool = True,
     ) -> None:
         """``speculate``: start the reply from the ASR's preview during the end-of-turn silence
-        (used only without tools, and only if the conversation allows it)."""
+        (used only without tools, and only if the conversation allows it). ``score_end_of_turn``:
+        send the text end-of-turn score of each preview (:meth:`end_of_turn_probability`)."""
         if max_tool_calls < 0:
             raise ValueError(f"max_tool_calls must be 0 or more, got {max_tool_calls}")
         self.max_tokens = max_tokens
@@ -260,6 +271,8 @@ class ChatLLM(Stage):
             raise ToolError("followup_tool_choice must be 'auto' or 'none' (a forced choice would call tools until max_tool_calls)")
         self.max_tool_calls = max_tool_calls
         self.speculate = speculate
+        self.score_end_of_turn = score_end_of_turn
+        self.end_of_turn_cost_ms: list[float] = []
         self._background: TaskGroup | None = None
 
     # -- the blocking model calls -------------------------------------------------------
@@ -280,6 +293,11 @@ class ChatLLM(Stage):
         """Blocking generator of the call's JSON arguments text, piece by piece."""
         raise NotImplementedError(f"{type(self).__name__} does not support tool calls")
 
+    def end_of_turn_probability(self, messages: Messages) -> float | None:
+        """Blocking: the probability that the user's last message ends their turn, or None if
+        this engine cannot tell (the text end-of-turn model of :mod:`..turn_taking`)."""
+        return None
+
     # -- the stage ----------------------------------------------------------------------
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         conversation = ctx.conversation
@@ -288,6 +306,8 @@ class ChatLLM(Stage):
             try:
                 async for frame in inbox:
                     await outbox.send(frame)
+                    if isinstance(frame, TranscriptPreview) and self.score_end_of_turn:
+                        await self._score_end_of_turn(conversation, frame)
                     if isinstance(frame, TranscriptPreview) and self.speculate and not len(self.tools):
                         # The turn may be ending: prepare the reply now; it plays only if the
                         # VAD commits the turn where the preview assumed (tool calls could have
@@ -308,6 +328,20 @@ class ChatLLM(Stage):
                     await self.generate(ctx, response, outbox)
             finally:
                 self._background = None
+
+    async def _score_end_of_turn(self, conversation: Conversation, preview: TranscriptPreview) -> None:
+        """The text end-of-turn score of the pause ``preview`` was made for, as a TurnScore event.
+
+        Scored on the history plus the previewed words, before the speculative reply starts, so
+        the reply's prompt evaluation reuses the prefix this one leaves in the KV cache.
+        """
+        messages = [*conversation.messages(), {"role": "user", "content": preview.text.strip()}]
+        began = time.perf_counter()
+        probability = await anyio.to_thread.run_sync(self.end_of_turn_probability, messages)
+        if probability is not None:
+            cost_ms = 1000.0 * (time.perf_counter() - began)
+            self.end_of_turn_cost_ms.append(cost_ms)
+            conversation.emit(TurnScore(preview.turn_id, preview.audio_end_ms, TEXT_MODEL, probability, cost_ms))
 
     async def generate(
         self,
@@ -444,39 +478,6 @@ class ChatLLM(Stage):
         ctx.conversation.emit(ToolCallDone(response, call, result))
 
 
-_MODEL_PARAMS_LOCK = threading.Lock()
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        return "amx_int8" in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-
-
-@contextmanager
-def _model_params(**fields: Any) -> Iterator[None]:
-    """Construct a ``Llama`` with these ``llama_model_params`` fields set (``Llama()`` has no
-    argument for them): its defaults are patched for the duration, under a lock."""
-    import llama_cpp.llama_cpp as native
-
-    with _MODEL_PARAMS_LOCK:
-        defaults = native.llama_model_default_params
-        fields = {name: value for name, value in fields.items() if name in dict(native.llama_model_params._fields_)}
-
-        def patched() -> Any:
-            params = defaults()
-            for name, value in fields.items():
-                setattr(params, name, value)
-            return params
-
-        native.llama_model_default_params = patched
-        try:
-            yield
-        finally:
-            native.llama_model_default_params = defaults
-
-
 class LlamaLLM(ChatLLM):
     """:class:`ChatLLM` on llama.cpp (the embedded SmolLM2-135M by default).
 
@@ -509,14 +510,12 @@ class LlamaLLM(ChatLLM):
         max_argument_string_chars: int = 60,
         max_argument_items: int = 8,
         speculate: bool = True,
-        extra_buffers: bool | None = None,
+        score_end_of_turn: bool = True,
     ) -> None:
-        """``extra_buffers``: llama.cpp's extra CPU weight buffers (repacked weights, AMX kernels);
-        None turns them off on CPUs that report AMX, where llama.cpp's AMX path crashed (SIGSEGV on
-        the first batched decode, on a 2-core VM with AMX; one token at a time worked)."""
         super().__init__(
             max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
             followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls, speculate=speculate,
+            score_end_of_turn=score_end_of_turn,
         )
         self.model_path = models.llm_model_file(model_path)
         self.n_ctx = n_ctx
@@ -528,10 +527,10 @@ class LlamaLLM(ChatLLM):
         self.max_argument_tokens = max_argument_tokens
         self.max_argument_string_chars = max_argument_string_chars
         self.max_argument_items = max_argument_items
-        self.extra_buffers = (not _cpu_has_amx()) if extra_buffers is None else extra_buffers
         self._llm: Any = None
         self._lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
+        self._end_of_turn_tokens_cache: list[int] | None = None
 
     async def setup(self, ctx: StageContext) -> None:
         ctx.conversation.has_responder = True
@@ -546,6 +545,8 @@ class LlamaLLM(ChatLLM):
             # llama.cpp's first call costs far more than the next ones: pay it now.
             warmup = [{"role": "system", "content": ctx.conversation.system_prompt}, {"role": "user", "content": "Hi"}]
             await anyio.to_thread.run_sync(lambda: list(self.stream_reply(warmup, CancelToken(), max_tokens=2)))
+            if self.score_end_of_turn:
+                await anyio.to_thread.run_sync(self.end_of_turn_probability, warmup)
 
     def _load(self) -> Any:
         from llama_cpp import Llama
@@ -554,8 +555,7 @@ class LlamaLLM(ChatLLM):
         if self.seed is not None:
             kwargs["seed"] = self.seed
         try:
-            with _model_params(use_extra_bufts=self.extra_buffers):
-                return Llama(model_path=str(self.model_path), **kwargs)
+            return Llama(model_path=str(self.model_path), **kwargs)
         except Exception as error:  # llama.cpp raises ValueError for unreadable files
             raise models.ModelNotFoundError(f"cannot load the LLM model {self.model_path}: {error}") from error
 
@@ -581,6 +581,75 @@ class LlamaLLM(ChatLLM):
             max_tokens=max_tokens or self.max_tokens, temperature=self.temperature, top_p=self.top_p,
             repeat_penalty=self.repeat_penalty,
         )
+
+    def end_of_turn_probability(self, messages: Messages) -> float | None:
+        """The probability that the user's words end here: of the chat template's end-of-turn
+        token (as LiveKit's turn detector reads it) or a sentence-final mark, right after the
+        user's last message. The words are read without punctuation (Whisper ends nearly every
+        clip with a period, finished or not); an instruction model then writes "?" or "." after
+        a finished sentence and a word after an unfinished one. The prompt is the one the reply
+        renders, cut after the user's words, so the system prompt and history come from the KV
+        cache and only the new words are evaluated.
+        """
+        rendered = render_for_template(messages)
+        if not rendered or rendered[-1]["role"] != "user":
+            return None
+        words = normalize_for_end_of_turn(rendered[-1]["content"])
+        if not words:
+            return None
+        rendered[-1] = {"role": "user", "content": words}
+        import llama_cpp
+
+        with self._lock:
+            llm = self._llm
+            prompt = self._chat_prompt(rendered)
+            cut = -1 if prompt is None else prompt.rfind(words)
+            if prompt is None or cut < 0:
+                return None
+            tokens = llm.tokenize(prompt[: cut + len(words)].encode("utf-8"), add_bos=False, special=True)
+            end_tokens = self._end_of_turn_tokens()
+            cached = llm.input_ids[: llm.n_tokens].tolist()
+            common = 0
+            for ours, theirs in zip(tokens, cached):
+                if ours != theirs:
+                    break
+                common += 1
+            common = min(common, len(tokens) - 1)  # evaluate at least one token: its logits are the answer
+            llm.n_tokens = common
+            llm.eval(tokens[common:])
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+            logits = logits.astype(np.float64)
+            probabilities = np.exp(logits - logits.max())
+            return float(probabilities[end_tokens].sum() / probabilities.sum())
+
+    def _chat_prompt(self, rendered: list[dict[str, str]]) -> str | None:
+        """The prompt text llama.cpp renders for ``rendered`` (None for a model without a chat template)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llm = self._llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        vocab_text = lambda token: llm.detokenize([token], special=True).decode("utf-8", "replace")  # noqa: E731
+        formatter = Jinja2ChatFormatter(template, eos_token=vocab_text(llm.token_eos()), bos_token=vocab_text(llm.token_bos()))
+        return formatter(messages=rendered).prompt
+
+    def _end_of_turn_tokens(self) -> list[int]:
+        """The tokens that end a user's words: the first one the chat template writes after a
+        user's message (ChatML's ``<|im_end|>``), and every token that is only ``.``, ``?`` or ``!``."""
+        if self._end_of_turn_tokens_cache is None:
+            llm = self._llm
+            marker = "zzzq"
+            prompt = self._chat_prompt([{"role": "user", "content": marker}]) or marker
+            after = prompt[prompt.rfind(marker) + len(marker):]
+            tokens = llm.tokenize(after.encode("utf-8"), add_bos=False, special=True)
+            found = {tokens[0] if tokens else llm.token_eos()}
+            for token in range(llm.n_vocab()):
+                text = llm.detokenize([token]).decode("utf-8", "replace").strip()
+                if text and set(text) <= set(".?!"):
+                    found.add(token)
+            self._end_of_turn_tokens_cache = sorted(found)
+        return self._end_of_turn_tokens_cache
 
     # -- tool calls ---------------------------------------------------------------------
     def arguments_grammar(self, tool: Tool) -> Any:

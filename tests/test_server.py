@@ -442,3 +442,20 @@ async def test_items_create_retrieve_delete(server):
         await client.send({"type": "conversation.item.truncate", "event_id": "evt_text", "item_id": "item_b", "content_index": 0, "audio_end_ms": 0})
         error = await client.until("error", 30)
         assert error["error"]["param"] == "content_index" and error["error"]["event_id"] == "evt_text"  # a text item has no audio
+
+
+async def test_long_audio_item_is_transcribed_in_slices_cut_in_pauses(server):
+    from realtime_pipeline.server.engines import ASR_SLICE_S
+
+    gap = np.zeros(24 * 600, dtype=np.int16)
+    clips = [("ps_goforward.wav", "go forward ten meters"), ("ps_forever_2.wav", "feels like these days go on forever"),
+             ("ps_librivox_0880.wav", "he was not an ill disposed young man")]
+    audio = np.concatenate([part for name, _ in clips for part in (speech_24k(name), gap)])
+    assert len(audio) > 24_000 * ASR_SLICE_S  # more than one slice
+    async with connect(server, "ga") as connection:
+        client = await opened(connection, "ga")
+        await update(client, {"audio": {"input": {"turn_detection": None}}})
+        await client.send({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [
+            {"type": "input_audio", "audio": base64.b64encode(audio.astype("<i2").tobytes()).decode()}]}})
+        transcript = await client.until("conversation.item.input_audio_transcription.completed", 120)
+    assert heard_as(transcript["transcript"], " ".join(text for _, text in clips)), transcript["transcript"]

@@ -237,3 +237,62 @@ async def test_livekit_realtime_model_spoken_and_text_turns(server):
         finally:
             await session.aclose()
             await model.aclose()
+
+
+async def test_pipecat_openai_realtime_llm_service_spoken_and_text_turns(server):
+    realtime_llm = pytest.importorskip("pipecat.services.openai.realtime.llm", reason="pipecat-ai and the clients extra")
+    from pipecat.frames.frames import EndFrame, ErrorFrame, InputAudioRawFrame, LLMContextFrame, TranscriptionFrame, TTSAudioRawFrame
+    from pipecat.pipeline.pipeline import Pipeline
+    from pipecat.pipeline.runner import PipelineRunner
+    from pipecat.pipeline.task import PipelineParams, PipelineTask
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.frame_processor import FrameProcessor
+    from pipecat.services.openai.realtime import events
+
+    class Collector(FrameProcessor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.frames: list = []
+
+        async def process_frame(self, frame, direction) -> None:
+            await super().process_frame(frame, direction)
+            self.frames.append(frame)
+            await self.push_frame(frame, direction)
+
+    settings = realtime_llm.OpenAIRealtimeLLMService.Settings(
+        model="gpt-realtime", system_instruction="Answer in one short sentence.",
+        session_properties=events.SessionProperties(max_output_tokens=SHORT),
+    )
+    service = realtime_llm.OpenAIRealtimeLLMService(api_key=KEY, base_url=f"{server.base_url}/realtime", settings=settings)
+    upstream, downstream = Collector(), Collector()
+    task = PipelineTask(Pipeline([upstream, service, downstream]), params=PipelineParams(audio_in_sample_rate=24_000, audio_out_sample_rate=24_000))
+
+    def audio_frames(start: int) -> int:
+        return sum(1 for f in downstream.frames[start:] if isinstance(f, TTSAudioRawFrame))
+
+    async def until(condition, timeout_s: float) -> None:
+        with anyio.fail_after(timeout_s):
+            while not condition():
+                errors = [f for f in upstream.frames + downstream.frames if isinstance(f, ErrorFrame)]
+                assert not errors, errors
+                await anyio.sleep(0.05)
+
+    async def drive() -> None:
+        await task.queue_frame(LLMContextFrame(LLMContext(messages=[{"role": "user", "content": "Say hello."}])))
+        await until(lambda: audio_frames(0) > 0 and service._current_assistant_response is None, 120)
+        start = len(downstream.frames)
+        speech = speech_24k("ps_goforward.wav")
+        audio = np.concatenate([np.zeros(24 * 300, dtype=np.int16), speech, np.zeros(24 * 1200, dtype=np.int16)])
+        for offset in range(0, len(audio), 2400):
+            await task.queue_frame(InputAudioRawFrame(audio[offset : offset + 2400].astype("<i2").tobytes(), 24_000, 1))
+            await anyio.sleep(0.02)
+        await until(lambda: any(isinstance(f, TranscriptionFrame) for f in upstream.frames) and audio_frames(start) > 0, 180)
+        await until(lambda: service._current_assistant_response is None, 120)
+        await task.queue_frame(EndFrame())
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(drive)
+        with anyio.fail_after(400):
+            await PipelineRunner(handle_sigint=False).run(task)
+    transcripts = [f.text for f in upstream.frames if isinstance(f, TranscriptionFrame)]
+    assert transcripts and heard_as(transcripts[-1], "go forward ten meters"), transcripts

@@ -37,9 +37,9 @@ DEFAULT_PORT = 8765
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 
 
-#: Sessions served at once by default. Measured on 2 cores (benchmarks/server_load.py): first
-#: audio p50 0.9 s with 1 session, within 2x of that up to 4 sessions; past that every session
-#: slows down, so a fifth is refused instead.
+#: Sessions served at once by default. Measured on 2 cores (benchmarks/server_load.py, first
+#: audio p50 from the end of speech): 0.93 s with 1 session, x1.11 with 2, x1.44 with 4, x2.07
+#: with 6, x2.83 with 8; past 4 every session would slow beyond 2x, so a fifth is refused.
 DEFAULT_MAX_SESSIONS = 4
 #: WebSocket close code for a refused session: "Try Again Later" (RFC 6455 registry).
 CLOSE_TRY_AGAIN_LATER = 1013

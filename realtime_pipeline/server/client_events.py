@@ -464,13 +464,13 @@ class ClientEventsMixin:
                 code="conversation_already_has_active_response",
             )
         request = self._request(overrides)
-        self._urgency.begin(self.id)  # the client waits for this response's first output
         if "tools" in overrides or "instructions" in overrides:
             await self._check_prompt(request.instructions, request.tools, "response")
         if "tools" in overrides:
             await anyio.to_thread.run_sync(self._check_tools, request.tools, request.tool_choice, "response")
         if self._active is not None or self._queued is not None:  # one arrived while the checks ran
             raise ProtocolError("Conversation already has an active response in progress.", code="conversation_already_has_active_response")
+        self._urgency.begin(self.id)  # the client waits for this response's first output
         self._queued = request
         self._jobs_send.send_nowait(Job("respond", request=request))
 

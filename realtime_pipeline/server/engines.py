@@ -22,7 +22,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,6 +201,10 @@ class SharedWhisperASR(WhisperASR):
         self.failures: list[str] = []
         self.urgency = Urgency()
         self.session_key: str | None = None  # the view's session (its own urgency does not hold it back)
+        #: Whether the view's session can use a partial transcript now. In the server a partial only
+        #: confirms a barge-in (transcription deltas come with the final): with no response to
+        #: interrupt it is skipped, leaving the shared Whisper to the sessions that need it.
+        self.partials_wanted: Callable[[], bool] | None = None
 
     def transcribe(self, samples: np.ndarray) -> str:
         try:
@@ -211,6 +215,9 @@ class SharedWhisperASR(WhisperASR):
             return ""
 
     def transcribe_partial(self, samples: np.ndarray) -> str:
+        """A partial pass, only when its session wants one (:attr:`partials_wanted`)."""
+        if self.partials_wanted is not None and not self.partials_wanted():
+            return ""
         with priority(Priority.PARTIAL_TRANSCRIPT):
             return self.transcribe(samples)
 

@@ -128,6 +128,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self._group: TaskGroup | None = None
         self.asr = engines.asr.view()
         self.asr.session_key = self.id
+        self.asr.partials_wanted = lambda: self._active is not None and not self._active.finished and self.conversation.allow_interruptions
         self._urgency = engines.asr.urgency
         self.vad = SwitchableVAD(self._vad_settings(self.config.turn_detection))
         self.output = EventOutput(

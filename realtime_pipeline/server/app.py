@@ -184,11 +184,19 @@ def create_app(engines: Engines, options: ServerOptions | None = None) -> Starle
     async def health(request: object) -> JSONResponse:
         return JSONResponse({"status": "ok"})
 
-    app = Starlette(routes=[
+    routes = [
         WebSocketRoute("/v1/realtime", realtime),
         WebSocketRoute("/realtime", realtime),
         Route("/health", health),
-    ])
+    ]
+
+    # -- WebRTC calls and the web page (docs/webrtc.md, realtime_pipeline/server/webrtc.py) --
+    # POST /v1/realtime/calls, POST /v1/realtime?model= (application/sdp), GET / (the page);
+    # the lifespan hangs up the calls in progress when the server stops.
+    from .webrtc import webrtc_routes
+
+    webrtc, lifespan = webrtc_routes(engines, options)
+    app = Starlette(routes=routes + webrtc, lifespan=lifespan)
     app.state.admission = admission
     return app
 
@@ -196,7 +204,7 @@ def create_app(engines: Engines, options: ServerOptions | None = None) -> Starle
 def uvicorn_config(app: Starlette, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, **kwargs: object) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=host, port=port, ws="websockets-sansio", ws_max_size=MAX_MESSAGE_BYTES,
-        ws_ping_interval=None, lifespan="off", log_level=kwargs.pop("log_level", "warning"), **kwargs,  # type: ignore[arg-type]
+        ws_ping_interval=None, lifespan="on", log_level=kwargs.pop("log_level", "warning"), **kwargs,  # type: ignore[arg-type]
     )
 
 

@@ -318,6 +318,10 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         if not item.audio_samples:
             self._urgency.end(self.id)  # the first audio is out
         item.audio_samples += len(samples)
+        self._send_audio(state, samples)
+
+    def _send_audio(self, state: ResponseState, samples: np.ndarray) -> None:
+        """Played reply audio to the client: audio delta events (a WebRTC call sends it on its track instead)."""
         self.emit("response.output_audio.delta", **self.part_ids(state), delta=self._encoder.encode(samples))
 
     def part_ids(self, state: ResponseState) -> dict[str, Any]:

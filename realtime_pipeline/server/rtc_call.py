@@ -1,0 +1,395 @@
+"""One WebRTC call (aiortc): the peer, its two audio tracks and the ``oai-events`` data channel.
+
+A call is a :class:`RealtimeSession` like a WebSocket connection; only the
+transport differs (see docs/webrtc.md):
+
+- client events arrive as data-channel messages and server events leave the
+  same way (``send_json`` / ``receive_text`` of :meth:`RealtimeSession.serve`);
+- the microphone track is the input audio (Opus 48 kHz, resampled by PyAV to
+  the pipeline's 16 kHz), fed in as ``input_audio_buffer.append`` would;
+- the reply goes out on :class:`ReplyTrack` in 20 ms frames instead of audio
+  delta events; the track announces ``output_audio_buffer.started`` /
+  ``stopped`` / ``cleared`` and is emptied at once on barge-in.
+
+Needs the ``webrtc`` extra (aiortc) and the asyncio event loop (uvicorn's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import fractions
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from ..audio import INPUT_SAMPLE_RATE_HZ
+from ..conversation import ResponseDone, ResponseInterrupted, ResponsePaused, ResponseStarted
+from ..frames import TranscriptFinal
+from ..tracing import ASR_FINAL, FIRST_SAMPLE_PLAYED, LLM_FIRST_TOKEN, TTS_FIRST_AUDIO, TURN_COMMITTED, USER_SPEECH_END
+from .client_events import MAX_PENDING_S
+from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
+from .protocol import Dialect, ProtocolError, new_id
+from .responses import ResponseState
+from .session import RealtimeSession, SessionOptions
+
+log = logging.getLogger(__name__)
+
+#: The data channel OpenAI's WebRTC flow carries events on.
+EVENTS_CHANNEL = "oai-events"
+#: One output frame: Opus's usual packet time, and the most a barge-in lets through.
+FRAME_MS = 20
+#: The extension event with a turn's latency (only on calls that ask for it, see docs/webrtc.md).
+LATENCY_EVENT = "realtime_pipeline.turn_latency"
+
+# -- ICE on the address the server is bound to ------------------------------------------
+# aioice gathers host candidates on every interface except loopback. A call is
+# answered on the address its HTTP request reached (127.0.0.1 by default): that
+# is the one address the client can surely reach, and a server bound to
+# localhost must not expose other interfaces.
+_ice_address: contextvars.ContextVar[str | None] = contextvars.ContextVar("ice_address", default=None)
+_aioice_host_addresses = aioice.ice.get_host_addresses
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    address = _ice_address.get()
+    if address is None:
+        return _aioice_host_addresses(use_ipv4, use_ipv6)
+    return [address]
+
+
+aioice.ice.get_host_addresses = _host_addresses
+
+
+@contextlib.contextmanager
+def ice_candidates_on(address: str | None) -> Iterator[None]:
+    """Within this block, peer connections gather their host candidate on ``address`` only (None: aioice's choice)."""
+    token = _ice_address.set(address)
+    try:
+        yield
+    finally:
+        _ice_address.reset(token)
+
+
+class ReplyTrack(MediaStreamTrack):
+    """The reply audio, sent in real time in ``FRAME_MS`` frames (silence when there is none).
+
+    The session's player writes played blocks with :meth:`push` (at most its
+    lead ahead of real time); :meth:`clear` drops everything not yet sent, so
+    the next frame is silent. ``on_event(kind, response_id)`` gets ``started``
+    (first frame of a response sent), ``stopped`` (its last frame sent, once
+    :meth:`finish` said no more is coming) and ``cleared``.
+    """
+
+    kind = "audio"
+
+    def __init__(self, on_event: Callable[[str, str], None], sample_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ) -> None:
+        super().__init__()
+        self.sample_rate_hz = sample_rate_hz
+        self.frame_samples = sample_rate_hz * FRAME_MS // 1000
+        self.on_event = on_event
+        self._queue: deque[tuple[str, np.ndarray]] = deque()
+        self._playing: str | None = None
+        self._finished: set[str] = set()
+        self._start_s: float | None = None
+        self._timestamp = 0
+        self.first_sent_s: dict[str, float] = {}
+
+    def push(self, response_id: str, samples: np.ndarray) -> None:
+        if len(samples):
+            self._queue.append((response_id, np.asarray(samples, dtype=np.int16)))
+
+    def finish(self, response_id: str) -> None:
+        """No more audio will come for ``response_id``: ``stopped`` once its last frame is sent."""
+        self._finished.add(response_id)
+        if self._playing == response_id and not self._queue:
+            self._stop()
+
+    def clear(self) -> str | None:
+        """Drop every queued sample now; returns the response that was cut off (None: nothing was)."""
+        cut = self._playing or (self._queue[0][0] if self._queue else None)
+        self._queue.clear()
+        self._playing = None
+        if cut is not None:
+            self.on_event("cleared", cut)
+        return cut
+
+    def _stop(self) -> None:
+        assert self._playing is not None
+        stopped, self._playing = self._playing, None
+        self._finished.discard(stopped)
+        self.on_event("stopped", stopped)
+
+    def _take(self) -> np.ndarray:
+        """The next frame's samples: queued audio of one response, padded with silence."""
+        out = np.zeros(self.frame_samples, dtype=np.int16)
+        filled = 0
+        while self._queue and filled < self.frame_samples:
+            response_id, samples = self._queue[0]
+            if self._playing != response_id:
+                if self._playing is not None and filled:
+                    break  # the next response starts in the next frame
+                self._playing = response_id
+                self.first_sent_s[response_id] = time.monotonic()
+                self.on_event("started", response_id)
+            n = min(len(samples), self.frame_samples - filled)
+            out[filled : filled + n] = samples[:n]
+            filled += n
+            if n == len(samples):
+                self._queue.popleft()
+            else:
+                self._queue[0] = (response_id, samples[n:])
+        if not self._queue and self._playing is not None and self._playing in self._finished:
+            self._stop()
+        return out
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        now = time.monotonic()
+        if self._start_s is None:
+            self._start_s = now
+        else:
+            self._timestamp += self.frame_samples
+            await asyncio.sleep(max(0.0, self._start_s + self._timestamp / self.sample_rate_hz - now))
+        samples = self._take()
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
+        frame.planes[0].update(samples.tobytes())
+        frame.pts = self._timestamp
+        frame.sample_rate = self.sample_rate_hz
+        frame.time_base = fractions.Fraction(1, self.sample_rate_hz)
+        return frame
+
+
+class WebRTCSession(RealtimeSession):
+    """A Realtime session whose audio goes through the call's tracks instead of audio events."""
+
+    def __init__(self, engines: Engines, dialect: Dialect, send_json: Callable[[str], Any], *,
+                 model: str | None, options: SessionOptions, latency_events: bool) -> None:
+        # The track plays in real time, so the player must be paced for barge-in to know what was heard.
+        super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True))
+        self.track = ReplyTrack(self._on_track_event)
+        self.latency_events = latency_events
+        self._user_turn: int | None = None
+        self._turns: dict[str, tuple[int, int | None]] = {}  # response id → (its turn, the user turn it answers)
+        self._last_response_id: str | None = None
+
+    # -- input ------------------------------------------------------------------------
+    def feed_microphone(self, samples: np.ndarray) -> None:
+        """16 kHz microphone audio: into the pipeline (VAD) and the buffer a manual commit takes."""
+        self._pending_audio.append(samples)
+        self._pending_samples += len(samples)
+        while self._pending_samples > MAX_PENDING_S * INPUT_SAMPLE_RATE_HZ and len(self._pending_audio) > 1:
+            self._pending_samples -= len(self._pending_audio.pop(0))
+        self._audio_send.send_nowait(samples)
+
+    async def handle(self, text: str) -> None:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and data.get("type") == "output_audio_buffer.clear":
+            self._clear_output()
+            return
+        await super().handle(text)
+
+    def _clear_output(self) -> None:
+        """``output_audio_buffer.clear``: cut the reply off now (its generation too, as the service does)."""
+        cut = self.track.clear()  # ``cleared`` if audio was queued or playing
+        if self.conversation.active_response is not None:
+            self.conversation.cancel_response("client_cancelled")  # response.done: cancelled
+        if cut is None and self._last_response_id is not None:
+            self.emit("output_audio_buffer.cleared", response_id=self._last_response_id)
+
+    # -- output -----------------------------------------------------------------------
+    def _send_audio(self, state: ResponseState, samples: np.ndarray) -> None:
+        self.track.push(state.id, samples)
+
+    def _on_track_event(self, kind: str, response_id: str) -> None:
+        if self._closing:
+            return
+        self.emit(f"output_audio_buffer.{kind}", response_id=response_id)
+        if kind == "started" and self.latency_events:
+            self._emit_latency(response_id)
+
+    def on_transcript(self, frame: TranscriptFinal) -> None:
+        self._user_turn = frame.turn_id
+        super().on_transcript(frame)
+
+    def _on_conversation_event(self, event: object) -> None:
+        if isinstance(event, ResponseStarted):
+            self._turns[event.response.id] = (event.response.turn_id, self._user_turn)
+            self._user_turn = None
+            self._last_response_id = event.response.id
+        super()._on_conversation_event(event)
+        if isinstance(event, (ResponseInterrupted, ResponsePaused)):
+            self.track.clear()  # barge-in: the next frame is silent
+        elif isinstance(event, ResponseDone):
+            self.track.finish(event.response.id)
+
+    def _emit_latency(self, response_id: str) -> None:
+        """The turn's spans from the tracer (ms): what the page shows per turn."""
+        response_turn, user_turn = self._turns.get(response_id, (None, None))
+        tracer = self.pipeline.tracer
+        stamps: dict[str, float] = {}
+        for turn_id in (user_turn, response_turn):
+            trace = tracer.turn(turn_id) if turn_id is not None else None
+            if trace is not None:
+                stamps.update({k: v for k, v in trace.stamps.items() if k not in stamps})
+        sent = self.track.first_sent_s.pop(response_id, None)
+
+        def span(start: str | None, end: str | None, end_s: float | None = None) -> float | None:
+            a = stamps.get(start) if start else None
+            b = end_s if end_s is not None else stamps.get(end) if end else None
+            return None if a is None or b is None else round(1000.0 * (b - a), 1)
+
+        latency = {
+            "endpoint": span(USER_SPEECH_END, TURN_COMMITTED),
+            "asr": span(TURN_COMMITTED, ASR_FINAL),
+            "llm": span(ASR_FINAL, LLM_FIRST_TOKEN),
+            "tts": span(LLM_FIRST_TOKEN, TTS_FIRST_AUDIO),
+            "voice_to_voice": span(USER_SPEECH_END, FIRST_SAMPLE_PLAYED),
+            "first_frame_sent": span(USER_SPEECH_END, None, sent),
+        }
+        self.emit(LATENCY_EVENT, response_id=response_id, latency_ms=latency)
+
+
+class Call:
+    """One peer connection and its session, from the SDP offer to the hang-up."""
+
+    session: WebRTCSession  # set by the signaling, before :meth:`answer`
+
+    def __init__(self, on_closed: Callable[[Call], None]) -> None:
+        self.id = new_id("rtc")
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # no STUN: offline, loopback or LAN
+        self.channel: Any = None
+        self._incoming: asyncio.Queue[str | None] = asyncio.Queue()
+        self._channel_ready = asyncio.Event()
+        self._has_channel = True
+        self._ended = False
+        self._on_closed = on_closed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("track", self._on_track)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    async def answer(self, offer_sdp: str, ice_address: str | None) -> str:
+        """Apply the offer and return the answer SDP (candidates included: no trickle ICE)."""
+        if "m=audio" not in offer_sdp:
+            raise ProtocolError("the SDP offer has no audio section (m=audio): a call needs the microphone track",
+                                code="invalid_offer", param="sdp")
+        self._has_channel = "m=application" in offer_sdp
+        with ice_candidates_on(ice_address):
+            try:
+                await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+                self.pc.addTrack(self.session.track)
+                await self.pc.setLocalDescription(await self.pc.createAnswer())
+            except Exception as error:  # aiortc's parser and negotiation: ValueError, InvalidAccessError... a bad offer
+                raise ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}",
+                                    code="invalid_offer", param="sdp") from None
+        return self.pc.localDescription.sdp
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run(), name=f"webrtc-call-{self.id}")
+
+    async def _run(self) -> None:
+        log.info("call %s: session %s opened (%s)", self.id, self.session.id, self.session.dialect.value)
+        try:
+            await self.session.serve(self._receive_text)
+        finally:
+            await self._close()
+            log.info("call %s: session %s closed", self.id, self.session.id)
+
+    def hang_up(self) -> None:
+        """End the call (peer gone, ICE failed, the client hung up, the server stops)."""
+        if not self._ended:
+            self._ended = True
+            self._incoming.put_nowait(None)
+            self._channel_ready.set()
+
+    async def _close(self) -> None:
+        self.hang_up()
+        self.session.track.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+        self._on_closed(self)
+
+    # -- events in and out ------------------------------------------------------------
+    async def send_json(self, text: str) -> bool:
+        if not self._has_channel:
+            return False  # an audio-only call: nobody to tell
+        await self._channel_ready.wait()
+        channel = self.channel
+        if self._ended or channel is None or channel.readyState != "open":
+            return False
+        channel.send(text)
+        return True
+
+    async def _receive_text(self) -> str | None:
+        return await self._incoming.get()
+
+    def _on_datachannel(self, channel: Any) -> None:
+        if channel.label != EVENTS_CHANNEL or self.channel is not None:
+            log.warning("call %s: ignoring data channel %r (events go on %r)", self.id, channel.label, EVENTS_CHANNEL)
+            return
+        self.channel = channel
+
+        @channel.on("message")
+        def on_message(message: str | bytes) -> None:
+            if not self._ended:
+                self._incoming.put_nowait(message if isinstance(message, str) else message.decode("utf-8", errors="replace"))
+
+        @channel.on("close")
+        def on_close() -> None:
+            self.hang_up()
+
+        if channel.readyState == "open":
+            self._channel_ready.set()
+        else:
+            channel.on("open", self._channel_ready.set)
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.debug("call %s: connection %s", self.id, state)
+        if state in ("failed", "closed"):
+            self.hang_up()
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio":
+            return
+        task = asyncio.get_running_loop().create_task(self._read_microphone(track), name=f"webrtc-mic-{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_microphone(self, track: MediaStreamTrack) -> None:
+        """Decoded mic frames (48 kHz, any layout) → 16 kHz mono int16 → the session."""
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=INPUT_SAMPLE_RATE_HZ)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:  # the remote track ended: so did the call's microphone
+                return
+            frame.pts = None  # resample by content: the RTP clock may jump after loss
+            for out in resampler.resample(frame):
+                self.session.feed_microphone(out.to_ndarray().reshape(-1).astype(np.int16))
+
+
+def parse_session_config(session: WebRTCSession, spec: Mapping[str, Any]) -> None:
+    """The call's ``session`` JSON, applied as the session's starting configuration (ProtocolError if bad)."""
+    config = session._parse_session(spec)
+    session._check_tools(config.tools, config.tool_choice, "session")
+    session._apply(config)

@@ -264,8 +264,9 @@ async def test_bad_requests_get_a_json_error(server):
     with pytest.raises(openai.BadRequestError) as bad:
         await client.realtime.calls.create(sdp=offer, session={"type": "realtime", "temperature": "hot"})
     assert bad.value.body["param"] == "session.temperature"  # type: ignore[index]
-    with pytest.raises(openai.AuthenticationError):
-        await AsyncOpenAI(api_key="wrong", base_url=http_url(server)).realtime.calls.create(sdp=offer)
+    async with AsyncOpenAI(api_key="wrong", base_url=http_url(server)) as wrong:  # closed here: its pool must not outlive the loop
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.realtime.calls.create(sdp=offer)
     async with httpx.AsyncClient() as http:
         auth = {"Authorization": "Bearer local"}
         missing = await http.post(f"{http_url(server)}/realtime/calls", headers=auth, files={"session": (None, "{}", "application/json")})

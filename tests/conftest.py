@@ -58,3 +58,13 @@ def tts() -> PiperTTS:
     stage = PiperTTS()
     _setup(stage)
     return stage
+
+
+@pytest.fixture(scope="session")
+def engines():
+    """The Realtime server's shared models, loaded once for every server test module."""
+    from realtime_pipeline.server import Engines
+
+    loaded = Engines.create(seed=7)
+    anyio.run(loaded.load)
+    return loaded

@@ -187,3 +187,11 @@ def self_signed_certificate(directory: Any) -> tuple[str, str]:
         check=True, capture_output=True, timeout=60,
     )
     return cert, key
+
+
+def heard_as(transcript: str, reference: str) -> bool:
+    """Whisper tiny.en on 24 kHz-resampled speech: at most a third of the words wrong."""
+    import jiwer
+    from conftest import normalize_text
+
+    return jiwer.wer(reference, normalize_text(transcript)) <= 0.34

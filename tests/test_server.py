@@ -11,12 +11,11 @@ import base64
 import json
 
 import anyio
-import jiwer
 import numpy as np
 import pytest
 from conftest import normalize_text
 from openai import AsyncOpenAI
-from server_support import Client, RunningServer, speech_24k, types_of
+from server_support import Client, RunningServer, heard_as, speech_24k, types_of
 from websockets.exceptions import InvalidStatus
 
 from realtime_pipeline.server import Engines, ServerOptions, SessionOptions
@@ -29,21 +28,9 @@ SHORT = 16
 
 
 @pytest.fixture(scope="module")
-def engines() -> Engines:
-    loaded = Engines.create(seed=7)
-    anyio.run(loaded.load)
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def server(engines: Engines):
     with RunningServer(engines, ServerOptions(session=SessionOptions(output_lead_ms=300))) as running:
         yield running
-
-
-def heard_as(transcript: str, reference: str) -> bool:
-    """Whisper tiny.en on 24 kHz-resampled speech: at most a third of the words wrong."""
-    return jiwer.wer(reference, normalize_text(transcript)) <= 0.34
 
 
 def connect(server: RunningServer, dialect: str, api_key: str = "local"):

@@ -8,11 +8,9 @@ import ssl
 
 import anyio
 import numpy as np
-import jiwer
 import pytest
-from conftest import normalize_text
 from openai import AsyncOpenAI
-from server_support import Client, RawClient, RunningServer, self_signed_certificate, speech_24k, types_of
+from server_support import Client, RawClient, RunningServer, heard_as, self_signed_certificate, speech_24k, types_of
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
@@ -25,20 +23,9 @@ SHORT = 12
 
 
 @pytest.fixture(scope="module")
-def engines() -> Engines:
-    loaded = Engines.create(seed=7)
-    anyio.run(loaded.load)
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def server(engines: Engines):
     with RunningServer(engines, ServerOptions(api_key=KEY, session=SessionOptions(output_lead_ms=300))) as running:
         yield running
-
-
-def heard_as(transcript: str, reference: str) -> bool:
-    return jiwer.wer(reference, normalize_text(transcript)) <= 0.34
 
 
 async def text_turn(client: Client, text: str, **response: object) -> dict:

@@ -164,9 +164,7 @@ CORPUS: list[tuple[str, list[str], str | None]] = [
 
 
 @pytest.fixture(scope="module")
-def server():
-    engines = Engines.create(seed=7)
-    anyio.run(engines.load)
+def server(engines: Engines):
     with RunningServer(engines, ServerOptions(session=SessionOptions(output_lead_ms=300))) as running:
         yield running
 

@@ -39,13 +39,6 @@ pytestmark = [pytest.mark.models, pytest.mark.anyio]
 
 
 @pytest.fixture(scope="module")
-def engines() -> Engines:
-    loaded = Engines.create(seed=7)
-    anyio.run(loaded.load)
-    return loaded
-
-
-@pytest.fixture(scope="module")
 def server(engines: Engines):
     with RunningServer(engines, ServerOptions(api_key="local", session=SessionOptions(output_lead_ms=300))) as running:
         yield running

@@ -97,9 +97,7 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
 
 
 @pytest.fixture(scope="module")
-def server():
-    engines = Engines.create(seed=7)
-    anyio.run(engines.load)
+def server(engines: Engines):
     options = ServerOptions(api_key="local", session=SessionOptions(output_lead_ms=300))
     with RunningServer(engines, options) as running:
         yield running

@@ -14,7 +14,7 @@ from .stages.smart_turn import SmartTurn
 from .stages.tts import PiperTTS
 from .stages.vad import VADSettings, WebRTCVAD
 from .tracing import Tracer
-from .turn_taking import AUDIO_MODEL
+from .turn_taking import AUDIO_MODEL, TEXT_MODEL
 
 
 def voice_pipeline(
@@ -40,12 +40,16 @@ def voice_pipeline(
     ``VADSettings(silence_duration_ms=500)`` selects a fixed silence instead.
     """
     vad_stage = vad if isinstance(vad, WebRTCVAD) else WebRTCVAD(vad)
+    sources = vad_stage.settings.turn_taking.sources
     stages: list[Stage] = [source, vad_stage]
-    if AUDIO_MODEL in vad_stage.settings.turn_taking.sources:
+    if AUDIO_MODEL in sources:
         stages.append(turn or SmartTurn())
+    llm = llm or LlamaLLM()
+    if TEXT_MODEL not in sources:  # a fixed silence: nobody reads the text score, don't compute it
+        llm.score_end_of_turn = False
     stages += [
         asr or WhisperASR(),
-        llm or LlamaLLM(),
+        llm,
         chunker or SentenceChunker(),
         tts or PiperTTS(output_sample_rate_hz=output.sample_rate_hz),
         Player(output),

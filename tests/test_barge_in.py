@@ -352,3 +352,30 @@ async def test_a_paced_wav_output_leaves_flushed_audio_out_of_the_file(tmp_path)
     samples, _ = read_wav(tmp_path / "reply.wav")
     assert dropped > 0  # a paced output always has some audio queued right after a write
     assert len(samples) == 10 * 320 - dropped
+
+
+def test_speech_before_any_reply_sample_was_heard_holds_the_reply_at_once():
+    """A user who goes on after a pause the detector took for the end is not talked over: the
+    committed reply, not yet heard, is held on the first voiced frame (not after 80 ms of it), and
+    it is cancelled once the new speech has words."""
+    conversation = Conversation()
+    conversation.user_speech_started(SpeechStarted(1, 0))
+    conversation.user_speech_stopped(SpeechStopped(1, 900))
+    response = conversation.begin_response(1, "And so my fellow Americans")
+    assert not response.paused and response.played_ms == 0
+    conversation.user_speech_started(SpeechStarted(2, 1400))  # the user resumes, nothing played yet
+    assert response.paused
+    conversation.transcript_final(TranscriptFinal(2, "ask not what your country can do for you", 1400, 3000))
+    assert response.cancelled
+
+
+def test_speech_over_a_reply_already_heard_still_needs_the_interruption_threshold():
+    conversation = Conversation()
+    conversation.user_speech_started(SpeechStarted(1, 0))
+    conversation.user_speech_stopped(SpeechStopped(1, 900))
+    response = conversation.begin_response(1, "Hello")
+    response.output_sample_rate_hz, response.played_samples = 22050, 4410  # 200 ms of the reply was heard
+    conversation.user_speech_started(SpeechStarted(2, 2000))
+    assert not response.paused  # a breath does not stop a reply the user is hearing
+    conversation.user_speech_progress(2, conversation.interruptions.min_interruption_ms)
+    assert response.paused

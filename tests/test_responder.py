@@ -185,3 +185,41 @@ async def test_a_listener_that_raises_is_logged_and_the_conversation_goes_on(cap
         await pipeline.run()
     assert conversation.listener_errors > 0 and "app bug" in caplog.text
     assert seen and conversation.entries()[-1].content == "Hi."
+
+
+@pytest.mark.models
+@pytest.mark.anyio
+async def test_the_server_speculates_in_the_pause_and_plays_the_held_reply_when_the_turn_ends_there(engines, monkeypatch):
+    """A microphone-paced turn (semantic_vad): the reply is prepared from the ASR's preview during
+    the end-of-turn silence, committed when the turn ends there, and the wire sees one ordinary
+    response (events validated strictly by the SDK's models), the user's words once."""
+    from realtime_pipeline.server.responses import ResponsesMixin
+
+    committed: list[bool] = []
+    commit = ResponsesMixin._commit_speculation
+
+    def counted(self):  # type: ignore[no-untyped-def]
+        commit(self)
+        committed.append(self._speculating is not None and self._speculating.state is not None)
+
+    monkeypatch.setattr(ResponsesMixin, "_commit_speculation", counted)
+    with RunningServer(engines, ServerOptions(session=SessionOptions(output_lead_ms=300))) as server:
+        client = AsyncOpenAI(api_key="local", websocket_base_url=server.base_url)
+        async with client.realtime.connect(model="gpt-realtime") as connection:
+            events = Client(connection, "ga")
+            await events.until("session.created", 30)
+            await events.send({"type": "session.update", "session": {
+                "type": "realtime", "max_output_tokens": 16, "audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}}})
+            await events.until("session.updated", 30)
+            start = len(events.events)
+            await events.append_audio(speech_24k("mfa_thoughts.wav"), realtime=True, trailing_silence_ms=4000)
+            done = await events.until("response.done", 120)
+            turn = events.since(start)
+    assert True in committed  # the reply that played was the speculative one
+    assert done["response"]["status"] == "completed"
+    assert sum(1 for e in turn if e["type"] == "response.created") == 1
+    assert any(e["type"] == "response.output_audio.delta" for e in turn)
+    user_items = [e for e in turn if e["type"] == "conversation.item.added" and e["item"].get("role") == "user"]
+    assert len(user_items) == 1
+    transcript = next(e for e in turn if e["type"] == "conversation.item.input_audio_transcription.completed")
+    assert "thousand thoughts" in transcript["transcript"].lower()

@@ -328,7 +328,7 @@ async def run_barge_in(
     started = time.monotonic()
     await pipeline.run()
     result = analyse(source.attempts, output, events)
-    result["history"] = [dataclasses.asdict(entry) for entry in conversation.history()]
+    result["history"] = [dataclasses.asdict(entry) for entry in conversation.entries()]
     result["config"] = {
         "files": [p.name if isinstance(p, Path) else str(p) for p in paths],
         "seed": seed,

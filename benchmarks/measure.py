@@ -48,7 +48,7 @@ class ModelTimer:
         self.llm_pieces = 0
         self.tts_s = self.tts_audio_s = 0.0
         self.tts_calls = 0
-        asr, llm, tts = models.asr, models.llm, models.tts
+        asr, llm, tts = models.asr, models.llm.engine, models.tts
         transcribe, stream_reply, synthesize = asr.transcribe, llm.stream_reply, tts.synthesize
 
         def timed_transcribe(samples: np.ndarray) -> str:
@@ -93,7 +93,7 @@ class ModelTimer:
         tts.synthesize = timed_synthesize  # type: ignore[method-assign]
 
     def remove(self) -> None:
-        for stage, name in ((self.models.asr, "transcribe"), (self.models.llm, "stream_reply"), (self.models.tts, "synthesize")):
+        for stage, name in ((self.models.asr, "transcribe"), (self.models.llm.engine, "stream_reply"), (self.models.tts, "synthesize")):
             stage.__dict__.pop(name, None)
 
     def report(self) -> dict[str, Any]:

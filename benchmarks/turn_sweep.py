@@ -116,7 +116,7 @@ def score_pauses(turns: list[tuple[Turn, str]], vad: VADSettings, asr: WhisperAS
                 heard = np.concatenate([heard, np.zeros(asked - begin - len(heard), dtype=np.int16)])
             text = asr.transcribe(turn.samples[begin : (start_ms + ASR_TAIL_MS) * INPUT_SAMPLE_RATE_HZ // 1000])
             messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]
-            p_text = llm.end_of_turn_probability(messages) if text.strip() else 0.0
+            p_text = llm.engine.end_of_turn_probability_sync(messages) if text.strip() else 0.0
             record.pauses.append(Pause(start_ms, end_ms, smart_turn.predict(heard), p_text or 0.0, text))
         files.append(record)
         print(f"{corpus:8} {turn.name:36} " + " | ".join(

@@ -21,6 +21,7 @@ import anyio
 
 from .cancellation import CancelToken
 from .frames import SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
+from .history import FunctionCall, FunctionCallOutput, History, HistoryEntry, UserMessage
 from .history_window import HistoryWindow
 from .interruption import InterruptionSettings, PendingInterruption, has_words
 from .response import Response, ResponseStatus
@@ -94,43 +95,6 @@ Event = Union[
 Listener = Callable[[Event], Any]
 
 
-@dataclass(frozen=True)
-class UserMessage:
-    turn_id: int
-    text: str
-
-
-@dataclass(frozen=True)
-class FunctionCall:
-    """History item: the assistant called a tool (``arguments`` is JSON text), during turn ``turn_id``."""
-
-    turn_id: int
-    call_id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class FunctionCallOutput:
-    """History item: what the tool call ``call_id`` returned (or why it failed), as text."""
-
-    turn_id: int
-    call_id: str
-    output: str
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    """One message of :meth:`Conversation.history`, as heard (``interrupted``: cut short, like
-    ``conversation.item.truncate``; ``played_ms``: how much of the reply was played)."""
-
-    role: str
-    content: str
-    turn_id: int
-    interrupted: bool = False
-    played_ms: float | None = None
-
-
 class Conversation:
     """History, responses and turns. ``allow_interruptions=False`` plays every reply to the end
     (a turn heard meanwhile is answered after it); ``interruptions`` tunes barge-in.
@@ -157,9 +121,12 @@ class Conversation:
         if max_history_messages is not None:
             self.history_window.max_messages = max_history_messages
         self.token = CancelToken()
-        self.items: list[UserMessage | Response | FunctionCall | FunctionCallOutput] = []
+        #: What was said, as heard (edit it through its methods).
+        self.history = History()
         self.active_response: Response | None = None
-        self.has_responder = False
+        #: A responder answers (and closes) each turn; else a turn closes with its final transcript.
+        #: The pipeline sets it when one of its stages declares ``answers_turns``.
+        self.turns_answered = False
         self.user_speaking = False
         #: Input stream position the VAD has processed up to (sources wait on it).
         self.audio_processed_samples = 0
@@ -263,7 +230,7 @@ class Conversation:
             pending.turns.discard(event.turn_id)
             if not pending.turns and not self.user_speaking:
                 self._resume("no_words")
-        if not self.has_responder:
+        if not self.turns_answered:
             self.close_turn(event.turn_id)
 
     # -- interruptions ------------------------------------------------------
@@ -307,17 +274,19 @@ class Conversation:
         self._update_idle()
 
     # -- responses ----------------------------------------------------------
-    def begin_response(self, turn_id: int, user_text: str) -> Response:
-        """Add the user's words to the history and open the response that answers them.
+    def begin_response(self, turn_id: int, user_text: str | None) -> Response:
+        """Add the user's words to the history and open the response that answers them
+        (``user_text`` None: the history already holds what it answers, e.g. a client's items).
 
         An unfinished older response is superseded, unless interruptions are off:
         then it plays to the end and this one plays after it.
         """
         if self.allow_interruptions:
             self.cancel_response("superseded")
-        self.items.append(UserMessage(turn_id, user_text))
-        response = Response(turn_id, user_text, parent_token=self.token)
-        self.items.append(response)
+        if user_text is not None:
+            self.history.append(UserMessage(turn_id, user_text))
+        response = Response(turn_id, user_text or "", parent_token=self.token)
+        self.history.append(response)
         self._live.append(response)
         self.active_response = response
         self._open_turns.discard(turn_id)
@@ -361,8 +330,8 @@ class Conversation:
         self.discard_speculation()
         response = Response(turn_id, user_text, parent_token=self.token)
         response.pause()
-        self.items.append(UserMessage(turn_id, user_text))
-        self.items.append(response)
+        self.history.append(UserMessage(turn_id, user_text))
+        self.history.append(response)
         self._speculative = (response, audio_end_ms)
         return response
 
@@ -388,8 +357,8 @@ class Conversation:
         response, _ = self._speculative
         self._speculative = None
         response.cancel("speculation_discarded")
-        self.items = [item for item in self.items if item is not response and not (
-            isinstance(item, UserMessage) and item.turn_id == response.turn_id and item.text == response.user_text)]
+        self.history.remove_where(lambda item: item is response or (
+            isinstance(item, UserMessage) and item.turn_id == response.turn_id and item.text == response.user_text))
         self.speculation_misses += 1
 
     def answered_by_speculation(self, turn_id: int, text: str) -> bool:
@@ -404,8 +373,8 @@ class Conversation:
             return True
         self.speculation_misses += 1
         self.cancel_response("superseded")
-        self.items = [item for item in self.items if not (
-            isinstance(item, UserMessage) and item.turn_id == turn_id and item.text == response.user_text)]
+        self.history.remove_where(lambda item: (
+            isinstance(item, UserMessage) and item.turn_id == turn_id and item.text == response.user_text))
         return False
 
     def complete_response(self, response: Response) -> None:
@@ -421,22 +390,19 @@ class Conversation:
         self.emit(ResponseDone(response, response.played_ms))
         self._update_idle()
 
-    def history(self) -> list[HistoryEntry]:
-        """The user and assistant messages as heard, interrupted replies marked (for apps and tests)."""
-        entries: list[HistoryEntry] = []
-        for item in self.items:
-            if isinstance(item, UserMessage):
-                entries.append(HistoryEntry("user", item.text, item.turn_id))
-            elif isinstance(item, Response) and item.ended:
-                entries.append(HistoryEntry("assistant", item.history_text(), item.turn_id, item.interrupted, item.played_ms))
-        return entries
+    @property
+    def items(self) -> list[object]:
+        """The history's items, oldest first (a copy: edit through :attr:`history`)."""
+        return self.history.items
 
-    def add_item(self, item: FunctionCall | FunctionCallOutput, *, before: Response | None = None) -> None:
-        """Add a tool call or result to the history, before ``before`` (the response it leads to) if given."""
-        if before is not None and before in self.items:
-            self.items.insert(self.items.index(before), item)
-        else:
-            self.items.append(item)
+    def entries(self) -> list[HistoryEntry]:
+        """The user and assistant messages as heard, interrupted replies marked (for apps and tests)."""
+        return self.history.entries()
+
+    def add_item(self, item: object, *, before: Response | None = None) -> None:
+        """Add a tool call or result (or a front end's item) to the history, before ``before``
+        (the response it leads to) if given."""
+        self.history.insert(item, before=before)
 
     @property
     def max_history_messages(self) -> int | None:
@@ -455,7 +421,7 @@ class Conversation:
         append-only until the window's budget, so the prompt's prefix stays the
         same from turn to turn (see :mod:`.history_window`).
         """
-        entries = [(item, message) for item in self.items if (message := self.history_message(item)) is not None]
+        entries = [(item, message) for item in self.history if (message := self.history_message(item)) is not None]
         system = self.system_message()
         return [system, *self.history_window.select(system, entries)]
 

@@ -27,12 +27,19 @@ Contract of :meth:`LLMEngine.stream`:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Union, runtime_checkable
 
+import anyio
+
 from .cancellation import CancelToken
-from .tools import ToolChoice, ToolRegistry
+from .history_window import estimate_tokens
+from .tools import Tool, ToolChoice, ToolRegistry
+
+log = logging.getLogger(__name__)
 
 Messages = list[dict[str, Any]]
 
@@ -58,6 +65,9 @@ class ToolCallPiece:
     name: str | None = None
     arguments: str = ""
     call_id: str | None = None
+    #: The call's arguments so far are void and start again with this piece (a second,
+    #: bounded decoding pass after the first was cut off).
+    restart: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,10 @@ class LLMEngine(Protocol):
     def stream(self, request: LLMRequest, token: CancelToken) -> AsyncIterator[LLMPiece]:
         """The generation's pieces (the module's contract)."""
 
+    def check_tools(self, tools: Sequence[Tool]) -> None:
+        """Raise :class:`~.tools.ToolError` now for a tool this engine cannot call (a schema its
+        grammar converter rejects), rather than mid-conversation."""
+
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model (an over-estimate when the engine cannot tokenize)."""
 
@@ -136,3 +150,123 @@ class LLMEngine(Protocol):
 
     async def aclose(self) -> None:
         """Free the model or connections."""
+
+
+#: A piece of :meth:`BlockingEngine.stream_arguments` that voids the arguments written so far.
+RESTART = "\x00restart"
+
+
+class BlockingEngine:
+    """An :class:`LLMEngine` made of blocking model calls, for in-process models (llama.cpp).
+
+    Subclasses write three blocking generators or functions (:meth:`stream_reply`,
+    :meth:`choose_tool`, :meth:`stream_arguments`); this class runs them one piece per
+    worker-thread hop (the response's token is checked between pieces, so a barge-in stops
+    the model within one token) and settles ``tool_choice``: forced choices never ask the
+    model, ``auto`` asks :meth:`choose_tool` for a tool name or "answer", ``required`` gets
+    a tool whatever the model wrote. One call per generation (the responder asks again).
+    """
+
+    label = "blocking engine"
+    max_tokens = 120
+
+    async def start(self) -> None:
+        return None
+
+    # -- the blocking model calls (worker thread) ------------------------------------------
+    def stream_reply(self, messages: Messages, token: CancelToken, *, max_tokens: int | None = None,
+                     temperature: float | None = None) -> Iterator[str]:
+        """Blocking generator of reply text pieces; stops between tokens once ``token`` is cancelled."""
+        raise NotImplementedError
+
+    def choose_tool(self, messages: Messages, tools: ToolRegistry, choice: ToolChoice, token: CancelToken) -> str | None:
+        """Blocking: the model's pick, a tool name or None to answer (asked for ``auto``, and
+        for ``required`` among several tools)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support tool calls")
+
+    def stream_arguments(self, messages: Messages, tool: Tool, token: CancelToken) -> Iterator[str]:
+        """Blocking generator of the call's JSON arguments text, piece by piece; a piece that is
+        :data:`RESTART` voids the text so far (a second decoding pass follows)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support tool calls")
+
+    def arguments_text(self, messages: Messages, tool: Tool, token: CancelToken) -> str:
+        """Blocking: the call's whole arguments text (what :meth:`stream_arguments` spells out)."""
+        text = ""
+        for piece in self.stream_arguments(messages, tool, token):
+            text = "" if piece == RESTART else text + piece
+        return text
+
+    def check_tools(self, tools: Sequence[Tool]) -> None:
+        """Raise ToolError now for a tool this engine cannot call (not mid-conversation)."""
+
+    def end_of_turn_probability_sync(self, messages: Messages) -> float | None:
+        """Blocking :meth:`end_of_turn_probability`."""
+        return None
+
+    # -- the protocol ----------------------------------------------------------------------
+    async def stream(self, request: LLMRequest, token: CancelToken) -> AsyncIterator[LLMPiece]:
+        tool = await self._decide(request, token)
+        if token.cancelled:
+            return
+        if tool is None:
+            replies = self.stream_reply(request.messages, token, max_tokens=request.max_tokens, temperature=request.temperature)
+            async with aclosing(_pieces(replies, token)) as texts:
+                async for piece in texts:
+                    yield TextPiece(piece)
+            return
+        yield ToolCallPiece(0, name=tool.name)
+        async with aclosing(_pieces(self.stream_arguments(request.messages, tool, token), token)) as arguments:
+            async for piece in arguments:
+                if piece == RESTART:
+                    yield ToolCallPiece(0, restart=True)
+                else:
+                    yield ToolCallPiece(0, arguments=piece)
+
+    async def _decide(self, request: LLMRequest, token: CancelToken) -> Tool | None:
+        registry, choice = request.tools, request.tool_choice
+        if not len(registry) or choice.mode == "none":
+            return None
+        if choice.mode == "function":
+            return registry[str(choice.name)]
+        if choice.mode == "required" and len(registry) == 1:
+            return registry[registry.names[0]]
+        name = await anyio.to_thread.run_sync(self.choose_tool, request.messages, registry, choice, token)
+        if name in registry:
+            return registry[str(name)]
+        if token.cancelled:
+            return None
+        if choice.mode == "required":  # the guarantee holds whatever the model wrote
+            log.warning("the model chose %r under tool_choice='required'; calling %s", name, registry.names[0])
+            return registry[registry.names[0]]
+        if name is not None:
+            log.warning("the model chose %r, which is no tool; answering instead", name)
+        return None
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def prompt_budget_tokens(self, max_tokens: int | None, tools: Sequence[Any]) -> int | None:
+        return None
+
+    async def end_of_turn_probability(self, messages: Messages) -> float | None:
+        return await anyio.to_thread.run_sync(self.end_of_turn_probability_sync, messages)
+
+    def prompt_tokens(self) -> PromptTokens | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _pieces(blocking: Iterator[str], token: CancelToken) -> AsyncIterator[str]:
+    """The pieces of a blocking generator, one worker-thread hop each, until ``token`` is
+    cancelled; the generator is closed (in its thread, shielded) however this one ends."""
+    try:
+        while not token.cancelled:
+            piece = await anyio.to_thread.run_sync(next, blocking, None)
+            if piece is None:
+                return
+            yield piece
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(blocking.close)

@@ -60,6 +60,8 @@ class Pipeline:
         self.queue_capacity = queue_capacity
         self.context = StageContext(conversation or Conversation(), tracer or Tracer())
         self.context.tracer.attach(self.context.conversation)  # stamps response done / cancelled
+        if any(stage.answers_turns for stage in self.stages):
+            self.context.conversation.turns_answered = True
         self._started = False
         self._scope: anyio.CancelScope | None = None
         self._queues: list[ObjectSendStream[Frame]] = []

@@ -11,6 +11,8 @@ tokens or chunks.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -35,6 +37,9 @@ class StageContext:
 class Stage(ABC):
     #: Name used in errors and traces; defaults to the class name.
     name: str = ""
+    #: True for a stage that answers each user turn and then closes it (a responder). Without
+    #: one in the pipeline, the conversation closes a turn when its final transcript comes.
+    answers_turns: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)

@@ -167,8 +167,7 @@ class ScriptedLLM(Stage):
         time.sleep(self.token_delay_s)
         return piece
 
-    async def setup(self, ctx: StageContext) -> None:
-        ctx.conversation.has_responder = True
+    answers_turns = True
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         conversation = ctx.conversation

@@ -85,7 +85,7 @@ def assert_barged_in(run: Run, response: Response, next_response: Response) -> s
     assert len(run.output.audio(response.id)) == response.played_samples
     # the history keeps what was heard, marked interrupted
     heard = response.heard_text()
-    entry = next(e for e in run.conversation.history() if e.role == "assistant" and e.turn_id == response.turn_id)
+    entry = next(e for e in run.conversation.entries() if e.role == "assistant" and e.turn_id == response.turn_id)
     assert entry.interrupted and entry.content == heard
     assert response.text.split()[: len(heard.split())] == heard.split()
     assert len(heard.split()) < len(response.text.split()) or not response.text
@@ -198,8 +198,8 @@ async def test_a_false_interruption_resumes_from_the_exact_sample_and_plays_ever
     assert len(resumed) == 1 and resumed[0].reason == "no_words"
     # the flushed tail was played again: the speaker heard the whole reply, once, in order
     assert np.array_equal(run.output.audio(first.id), run.tts.audio(first))
-    assert run.conversation.history()[-1].interrupted is False
-    assert run.conversation.history()[-1].content == LONG_REPLY
+    assert run.conversation.entries()[-1].interrupted is False
+    assert run.conversation.entries()[-1].content == LONG_REPLY
 
 
 @pytest.mark.anyio
@@ -261,7 +261,7 @@ async def test_with_interruptions_off_the_reply_plays_to_the_end_and_the_next_tu
 
 def test_a_response_begun_while_the_user_talks_is_paused_at_once_and_resumes_without_words():
     conversation = Conversation()
-    conversation.has_responder = True
+    conversation.turns_answered = True
     events: list = []
     conversation.add_listener(events.append)
     conversation.user_speech_started(SpeechStarted(7, 0))
@@ -276,7 +276,7 @@ def test_a_response_begun_while_the_user_talks_is_paused_at_once_and_resumes_wit
 
 def test_more_speech_while_paused_keeps_the_response_paused_until_every_turn_is_settled():
     conversation = Conversation()
-    conversation.has_responder = True
+    conversation.turns_answered = True
     response = conversation.begin_response(1, "question")
     conversation.user_speech_started(SpeechStarted(2, 0))
     conversation.user_speech_progress(2, 100)
@@ -291,12 +291,12 @@ def test_more_speech_while_paused_keeps_the_response_paused_until_every_turn_is_
     conversation.user_speech_stopped(SpeechStopped(3, 400))
     conversation.transcript_final(TranscriptFinal(3, "actually, stop", 300, 400))
     assert response.status is ResponseStatus.CANCELLED and response.cancel_reason == "turn_detected"
-    assert conversation.history()[-1].interrupted
+    assert conversation.entries()[-1].interrupted
 
 
 def test_words_that_come_after_the_timeout_resumed_the_response_still_interrupt_it():
     conversation = Conversation(interruptions=InterruptionSettings(false_interruption_ms=500))
-    conversation.has_responder = True
+    conversation.turns_answered = True
     events: list = []
     conversation.add_listener(events.append)
     response = conversation.begin_response(1, "question")

@@ -120,7 +120,7 @@ def test_the_conversation_prompt_keeps_its_prefix_across_turns_and_trims():
         assert messages[0] == {"role": "system", "content": "Be brief."} and messages[1]["role"] == "user"
         previous = messages
     assert conversation.history_window.trims >= 1
-    assert len(conversation.history()) == 24  # the history itself keeps everything; only the prompt is trimmed
+    assert len(conversation.entries()) == 24  # the history itself keeps everything; only the prompt is trimmed
     # the message cap of before still works, as a cap
     conversation.max_history_messages = 1
     _answer(conversation, 13, "last", "reply")
@@ -130,7 +130,7 @@ def test_the_conversation_prompt_keeps_its_prefix_across_turns_and_trims():
 
 def test_the_server_conversation_folds_system_notes_into_the_system_prompt_within_the_same_budget():
     conversation = ServerConversation("Be brief.", history_window=HistoryWindow(budget_tokens=60, count_tokens=one_token_per_word))
-    conversation.items.append(SystemNote("Speak French."))
+    conversation.history.append(SystemNote("Speak French."))
     _answer(conversation, 1, "hello " + words(20), "hi " + words(20))
     conversation.add_item(FunctionCall(2, "c", "f", "{}"))
     conversation.add_item(FunctionCallOutput(2, "c", "ok"))
@@ -193,10 +193,13 @@ def test_the_conversation_goes_on_after_the_budget_is_reached(llm):
     budget_and_reply = window.effective_budget_tokens + 2 * MESSAGE_OVERHEAD_TOKENS
     assert all(c[PROMPT_TOKENS] <= budget_and_reply for c in counts), counts
     messages = conversation.messages()
-    assert messages[1]["role"] == "user" and messages[-1]["content"] == conversation.history()[-1].content
+    assert messages[1]["role"] == "user" and messages[-1]["content"] == conversation.entries()[-1].content
     # the trim turns keep the cached tokens of the messages that stay (context shift)
     assert max(c[PROMPT_TOKENS_EVALUATED] for c in counts[1:]) <= 60, counts
     # without the context shift, a trim turn evaluates the kept history again, and still answers
-    view.context_shift = False
-    more = anyio.run(_talk, view, Conversation(history_window=HistoryWindow(budget_tokens=220)), Tracer(), 8)
+    view.engine.context_shift = False  # the shared engine: restored below
+    try:
+        more = anyio.run(_talk, view, Conversation(history_window=HistoryWindow(budget_tokens=220)), Tracer(), 8)
+    finally:
+        view.engine.context_shift = True
     assert max(c[PROMPT_TOKENS_EVALUATED] for c in more[1:]) > 60

@@ -92,8 +92,7 @@ class ThreadedResponder(Stage):
         time.sleep(self.token_s)
         return f"w{index} "
 
-    async def setup(self, ctx):
-        ctx.conversation.has_responder = True
+    answers_turns = True
 
     async def run(self, ctx, inbox, outbox):
         async for frame in inbox:

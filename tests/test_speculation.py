@@ -31,17 +31,17 @@ from realtime_pipeline import (
     TranscriptPreview,
 )
 from realtime_pipeline.conversation import UserMessage
-from realtime_pipeline.stages.llm import ChatLLM
+from realtime_pipeline.llm_engine import BlockingEngine
+from realtime_pipeline.responder import Responder
 
 
-class EchoLLM(ChatLLM):
-    """The real LLM stage loop on a scripted model that echoes the user's last words."""
+class EchoEngine(BlockingEngine):
+    """A scripted model that echoes the user's last words."""
 
     def __init__(self) -> None:
-        super().__init__()
         self.asked: list[str] = []
 
-    def stream_reply(self, messages, token, *, max_tokens=None) -> Iterator[str]:
+    def stream_reply(self, messages, token, *, max_tokens=None, temperature=None) -> Iterator[str]:
         asked = messages[-1]["content"]
         self.asked.append(asked)
         for word in f"You said {asked}. That is all.".split(" "):
@@ -49,6 +49,17 @@ class EchoLLM(ChatLLM):
                 return
             time.sleep(0.002)
             yield word + " "
+
+
+class EchoLLM(Responder):
+    """The real responder loop on :class:`EchoEngine`."""
+
+    def __init__(self) -> None:
+        super().__init__(EchoEngine())
+
+    @property
+    def asked(self) -> list[str]:
+        return self.engine.asked
 
 
 class ScriptedTurn(Stage):

@@ -22,12 +22,13 @@ from realtime_pipeline.stages.chunker import speakable
 from realtime_pipeline.stages.llm import (
     TOOL_CALL_DONE,
     TOOL_CALL_STARTED,
-    ChatLLM,
     bounded_schema,
     json_gbnf,
     render_for_template,
     unenforced_keywords,
 )
+from realtime_pipeline.llm_engine import BlockingEngine
+from realtime_pipeline.responder import Responder
 from realtime_pipeline.tools import (
     Tool,
     ToolCall,
@@ -356,31 +357,20 @@ async def test_a_cancellable_call_stops_on_cancel_and_a_non_cancellable_one_runs
 
 
 # -- the LLM stage's tool loop with a scripted model ------------------------------------------
-class ToolScriptedLLM(ChatLLM):
-    """The real tool loop over scripted model calls.
+class ToolScriptedEngine(BlockingEngine):
+    """Scripted blocking model calls.
 
     ``picks``: what each ``choose_tool`` returns, in order (then None);
     ``arguments``: the JSON each tool's arguments stream spells out;
     ``reply``: the answer, computed from the messages the model would see.
     """
 
-    def __init__(
-        self,
-        *,
-        picks: Sequence[str | None] = (),
-        arguments: dict[str, str] | None = None,
-        reply: Callable[[list[dict]], str] = lambda messages: "Okay.",
-        **options: object,
-    ) -> None:
-        super().__init__(**options)  # type: ignore[arg-type]
+    def __init__(self, picks: Sequence[str | None], arguments: dict[str, str], reply: Callable[[list[dict]], str]) -> None:
         self.picks = list(picks)
-        self.arguments = arguments or {}
+        self.arguments = arguments
         self.reply = reply
         self.decisions: list[ToolChoice] = []
         self.prompts: list[list[dict]] = []
-
-    async def setup(self, ctx) -> None:
-        ctx.conversation.has_responder = True
 
     def choose_tool(self, messages, tools, choice, token) -> str | None:
         self.decisions.append(choice)
@@ -393,12 +383,34 @@ class ToolScriptedLLM(ChatLLM):
                 return
             yield text[start : start + 5]
 
-    def stream_reply(self, messages, token, *, max_tokens=None) -> Iterator[str]:
+    def stream_reply(self, messages, token, *, max_tokens=None, temperature=None) -> Iterator[str]:
         self.prompts.append(messages)
         for piece in tokens_of(self.reply(messages)):
             if token.cancelled:
                 return
             yield piece
+
+
+class ToolScriptedLLM(Responder):
+    """The real tool loop (the Responder) over a :class:`ToolScriptedEngine`."""
+
+    def __init__(
+        self,
+        *,
+        picks: Sequence[str | None] = (),
+        arguments: dict[str, str] | None = None,
+        reply: Callable[[list[dict]], str] = lambda messages: "Okay.",
+        **options: object,
+    ) -> None:
+        super().__init__(ToolScriptedEngine(picks, arguments or {}, reply), **options)  # type: ignore[arg-type]
+
+    @property
+    def decisions(self) -> list[ToolChoice]:
+        return self.engine.decisions
+
+    @property
+    def prompts(self) -> list[list[dict]]:
+        return self.engine.prompts
 
 
 def answer_from_last_tool_result(messages: list[dict]) -> str:

@@ -119,23 +119,23 @@ REQUESTS = [
 @pytest.mark.parametrize(("name", "question"), REQUESTS)
 def test_forced_tool_choice_on_the_real_model_yields_schema_valid_arguments(tool_llm, name, question):
     tool = tool_llm.tools[name]
-    arguments = "".join(tool_llm.stream_arguments(chat(question), tool, CancelToken()))
+    arguments = tool_llm.arguments_text(chat(question), tool, CancelToken())
     data = json.loads(arguments)
     jsonschema.validate(data, dict(tool.parameters))
     assert tool.parse_arguments(arguments) is not None
 
 
 def test_arguments_cut_off_by_the_token_budget_are_decoded_again_within_capped_strings(tool_llm, monkeypatch):
-    monkeypatch.setattr(tool_llm, "max_argument_tokens", 4)  # far too few: the first pass cannot finish
+    monkeypatch.setattr(tool_llm.engine, "max_argument_tokens", 4)  # far too few: the first pass cannot finish
     for name, question in REQUESTS[2:5]:
         tool = tool_llm.tools[name]
-        arguments = "".join(tool_llm.stream_arguments(chat(question), tool, CancelToken()))
+        arguments = tool_llm.arguments_text(chat(question), tool, CancelToken())
         jsonschema.validate(json.loads(arguments), dict(tool.parameters))
 
 
 def test_the_weather_arguments_come_from_the_request(tool_llm):
     tool = tool_llm.tools["get_weather"]
-    arguments = json.loads("".join(tool_llm.stream_arguments(chat("What's the weather like in Paris today?"), tool, CancelToken())))
+    arguments = json.loads(tool_llm.arguments_text(chat("What's the weather like in Paris today?"), tool, CancelToken()))
     assert arguments["location"].lower().startswith("paris")
 
 

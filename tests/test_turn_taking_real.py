@@ -68,7 +68,7 @@ def test_the_llm_end_of_turn_score_tells_the_same_real_turns_apart(asr: WhisperA
     for audio in (finished, unfinished):
         text = asr.transcribe(audio)
         assert text.strip(), "Whisper heard nothing"
-        scores.append(llm.end_of_turn_probability(
+        scores.append(llm.engine.end_of_turn_probability_sync(
             [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": text}]))
     p_finished, p_unfinished = scores
     assert p_finished is not None and p_unfinished is not None

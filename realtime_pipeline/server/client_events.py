@@ -166,8 +166,9 @@ class ClientEventsMixin:
                 raise ToolError(f"tool_choice {parsed.mode} {parsed.name or ''} needs tools, and there are none".replace("  ", " "))
             if len(registry):
                 registry.resolve(choice)
-            for tool in registry if grammars else ():
-                self.engines.llm.arguments_grammar(tool)
+            check_tools = getattr(self.engines.llm, "check_tools", None)
+            if grammars and check_tools is not None:
+                check_tools(list(registry))
         except ToolError as error:
             raise ProtocolError(str(error), code="invalid_value", param=f"{where}.tools") from None
         return registry
@@ -325,11 +326,7 @@ class ClientEventsMixin:
             await self._check_prompt(self.config.instructions, self.config.tools, "session", extra_system=item.ref.text)
 
     def _insert_history(self, entry: Any, before: Any) -> None:
-        items = self.conversation.items
-        if before is not None and before in items:
-            items.insert(items.index(before), entry)
-        else:
-            items.append(entry)
+        self.conversation.history.insert(entry, before=before)
 
     def _item_from_spec(self, spec: Mapping[str, Any]) -> tuple[ItemRecord, np.ndarray | None]:
         spec = given(spec)
@@ -421,8 +418,8 @@ class ClientEventsMixin:
         if self._active is not None and item in self._active.output:
             raise ProtocolError("the item belongs to the response in progress: cancel it first", code="item_in_use", param="item_id")
         del self.items[index]
-        if item.ref is not None and item.ref in self.conversation.items:
-            self.conversation.items.remove(item.ref)
+        if item.ref is not None:
+            self.conversation.history.remove(item.ref)
         self.emit("conversation.item.deleted", item_id=item.id)
 
     async def _item_truncate(self, data: dict[str, Any]) -> None:
@@ -441,13 +438,8 @@ class ClientEventsMixin:
         response = item.ref
         if not response.ended:
             self.conversation.cancel_response("client_cancelled")
-        rate = response.output_sample_rate_hz or OUTPUT_SAMPLE_RATE_HZ
-        response.played_samples = audio_end_ms * rate // 1000
-        heard = response.heard_text()
-        truncated = finished_response(heard, response.turn_id)
-        self._insert_history(truncated, response)
-        if response in self.conversation.items:
-            self.conversation.items.remove(response)
+        truncated = self.conversation.history.truncate(response, audio_end_ms, OUTPUT_SAMPLE_RATE_HZ)
+        heard = truncated.text
         item.ref = truncated
         item.content[content_index].text = heard
         item.audio_samples = audio_end_ms * item.audio_rate_hz // 1000

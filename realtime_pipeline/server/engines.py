@@ -33,7 +33,8 @@ from ..audio import INPUT_SAMPLE_RATE_HZ
 from ..conversation import Conversation
 from ..stage import StageContext
 from ..stages.asr import WhisperASR
-from ..stages.llm import LlamaLLM
+from ..llm_engine import LLMEngine
+from ..stages.llm import LlamaEngine
 from ..stages.smart_turn import SmartTurn, SmartTurnModel
 from ..stages.tts import PiperTTS
 from ..tracing import Tracer
@@ -41,6 +42,8 @@ from .limits import BoundedCache
 
 #: Compiled argument grammars kept (each distinct tool schema a client sends adds one or two).
 MAX_GRAMMARS = 256
+#: The context assumed for an engine that does not say (a remote server): the server's input limits.
+DEFAULT_CONTEXT_TOKENS = 8192
 #: Texts up to this many characters have their token count cached (longer ones are rare and big).
 TOKEN_CACHE_MAX_CHARS = 8192
 
@@ -271,21 +274,23 @@ class SharedPiperTTS(PiperTTS):
 @dataclass
 class Engines:
     asr: SharedWhisperASR
-    llm: LlamaLLM
+    #: The LLM every session's responder uses (one llama.cpp context, or a remote server).
+    llm: LLMEngine
     tts: SharedPiperTTS
     #: Smart Turn, the audio end-of-turn model of ``semantic_vad`` (thread-safe: one run at a time).
     smart_turn: SmartTurnModel = field(default_factory=SmartTurnModel)
     _token_counts: functools._lru_cache_wrapper = field(init=False, repr=False)  # type: ignore[type-arg]
 
     def __post_init__(self) -> None:
-        self.llm._grammars = BoundedCache(MAX_GRAMMARS)  # shared by every view: bounded
-        self.llm._lock = PriorityLock()  # LlamaLLM holds it for one whole generation
+        if isinstance(self.llm, LlamaEngine):
+            self.llm._grammars = BoundedCache(MAX_GRAMMARS)  # shared by every session: bounded
+            self.llm._lock = PriorityLock()  # held for one whole generation, most urgent first
         self._token_counts = functools.lru_cache(maxsize=4096)(self._count_tokens)
 
     @property
     def context_tokens(self) -> int:
         """The LLM's context (``n_ctx``): what the server's input limits are measured in."""
-        return int(self.llm.n_ctx)
+        return int(getattr(self.llm, "n_ctx", None) or getattr(self.llm, "context_tokens", None) or DEFAULT_CONTEXT_TOKENS)
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` in the LLM's vocabulary (no lock: tokenizing reads the vocabulary only)."""
@@ -294,7 +299,9 @@ class Engines:
         return self._token_counts(text)
 
     def _count_tokens(self, text: str) -> int:
-        llama = getattr(self.llm, "_llm", None)
+        if not isinstance(self.llm, LlamaEngine):
+            return self.llm.count_tokens(text)
+        llama = self.llm._llm
         if llama is None:  # not loaded (unit tests): a UTF-8 byte is at most one token
             return len(text.encode("utf-8", "replace"))
         return len(llama.tokenize(text.encode("utf-8", "replace"), add_bos=False, special=False))
@@ -308,11 +315,13 @@ class Engines:
         voice: str | Path | None = None,
         threads: int = 2,
         seed: int | None = None,
+        llm: LLMEngine | None = None,
     ) -> Engines:
-        """Locate the models (nothing is loaded until :meth:`load`)."""
+        """Locate the models (nothing is loaded until :meth:`load`); ``llm``: another engine
+        than the local llama.cpp one (e.g. an OpenAI-compatible server)."""
         return cls(
             asr=SharedWhisperASR(asr_model, cpu_threads=threads),
-            llm=LlamaLLM(llm_model, n_threads=threads, seed=seed),
+            llm=llm if llm is not None else LlamaEngine(llm_model, n_threads=threads, seed=seed),
             tts=SharedPiperTTS(voice, output_sample_rate_hz=OUTPUT_SAMPLE_RATE_HZ),
             smart_turn=SmartTurnModel(),
         )
@@ -320,13 +329,7 @@ class Engines:
     async def load(self) -> None:
         """Load and warm up every model (a no-op for those already loaded)."""
         context = StageContext(Conversation(), Tracer())
-        for stage in (self.asr, self.llm, self.tts):
+        for stage in (self.asr, self.tts):
             await stage.setup(context)
+        await self.llm.start()
         await SmartTurn(self.smart_turn).setup(context)
-
-    def llm_view(self, *, temperature: float, max_tokens: int) -> LlamaLLM:
-        """The shared LLM with one response's settings (same llama.cpp context and lock)."""
-        view = copy.copy(self.llm)
-        view.temperature = temperature
-        view.max_tokens = max_tokens
-        return view

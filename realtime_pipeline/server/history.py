@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..conversation import Conversation
-from ..response import Response
+from ..history import finished_response  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -32,11 +32,3 @@ class ServerConversation(Conversation):
         if isinstance(item, SystemNote):
             return None  # folded into the system prompt
         return super().history_message(item)
-
-
-def finished_response(text: str, turn_id: int = 0) -> Response:
-    """A history entry for assistant text that was not generated here (or was truncated)."""
-    response = Response(turn_id, "")
-    response.text = text
-    response.finish()
-    return response

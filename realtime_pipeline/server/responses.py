@@ -1,6 +1,8 @@
 """Running one response: a message (text or audio) or a client-side function call.
 
-The LLM writes into a :class:`_Tap`, which sends the text out as events and
+The session's :class:`~..responder.Responder` (the same class as the CLI pipeline's)
+answers; :class:`ClientTools` makes its tool calls Realtime function-call items. It writes
+into a :class:`_Tap`, which sends the text out as events and
 forwards it to the chunker and TTS for audio replies; the player's blocks come
 back as audio deltas (see :meth:`RealtimeSession._on_audio_block`). The
 conversation's ResponseDone / ResponseInterrupted closes the response with
@@ -9,20 +11,18 @@ conversation's ResponseDone / ResponseInterrupted closes the response with
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import numpy as np
 
-from ..cancellation import CancelToken
-from ..conversation import DEFAULT_SYSTEM_PROMPT, FunctionCall, UserMessage
+from ..conversation import DEFAULT_SYSTEM_PROMPT, FunctionCall
 from ..frames import ResponseEnd, TextDelta
+from ..responder import PendingCall, Responder, ToolStrategy
 from ..response import Response, ResponseStatus
 from ..stage import Outbox, StageContext
-from ..tools import Tool, ToolRegistry
+from ..tools import ToolCall, ToolRegistry
 from .engines import Priority, priority
 from .limits import message_tokens
 from .protocol import (
@@ -80,13 +80,6 @@ class Job:
     request: ResponseRequest | None = None
 
 
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
-
-
 class _Tap:
     """The outbox the LLM writes to: text goes out as events, and on to the TTS for audio replies."""
 
@@ -96,6 +89,10 @@ class _Tap:
     async def send(self, frame: object) -> None:
         state, response = self.state, self.state.response
         assert response is not None
+        if isinstance(frame, (TextDelta, ResponseEnd)) and state.part is None and not any(
+            item.type == "function_call" for item in state.output
+        ):
+            self.session._open_message(state)
         if isinstance(frame, TextDelta):
             if not self.audio and not state.output_tokens:
                 self.session._urgency.end(self.session.id)  # a text reply's first output is out
@@ -107,10 +104,56 @@ class _Tap:
             if self.audio:
                 await self.outbox.send(frame)
         elif isinstance(frame, ResponseEnd):
+            if any(item.type == "function_call" for item in state.output):
+                return  # the call ended the response (ClientTools)
             if self.audio:
                 await self.outbox.send(frame)
             else:
                 self.session.conversation.complete_response(response)
+
+
+class ClientTools(ToolStrategy):
+    """The server's tool strategy: a call is a Realtime function-call item the client runs.
+
+    Its arguments stream out as ``response.function_call_arguments.delta`` events; the finished
+    call goes into the history and ends the response (the client sends the output and asks for
+    the next response)."""
+
+    def __init__(self, session: RealtimeSession, state: ResponseState) -> None:
+        self.session, self.state = session, state
+        self._items: dict[int, tuple[ItemRecord, dict[str, Any]]] = {}
+
+    def call_started(self, response: Response, call: PendingCall) -> None:
+        call.call_id = call.call_id or new_id("call")
+        item = ItemRecord(new_id("item"), "function_call", status="in_progress", call_id=call.call_id, name=call.name, arguments="")
+        self.session._add_output_item(self.state, item)
+        ids = {"response_id": self.state.id, "item_id": item.id, "output_index": len(self.state.output) - 1, "call_id": call.call_id}
+        self._items[call.index] = (item, ids)
+
+    def arguments_delta(self, response: Response, call: PendingCall, piece: str, *, restart: bool) -> None:
+        item, ids = self._items[call.index]
+        if restart:
+            item.arguments = ""
+        if piece:
+            self.state.output_tokens += 1
+            item.arguments = (item.arguments or "") + piece
+            self.session.emit("response.function_call_arguments.delta", **ids, delta=piece)
+
+    async def finished(self, ctx: StageContext, responder: Responder, response: Response,
+                       registry: ToolRegistry, call: ToolCall) -> bool:
+        session = self.session
+        index = next(index for index, (item, _) in self._items.items() if item.call_id == call.call_id)
+        item, ids = self._items[index]
+        item.arguments = call.arguments
+        done = {"name": call.name} if session.dialect is Dialect.GA else {}
+        session.emit("response.function_call_arguments.done", **ids, arguments=item.arguments, **done)
+        entry = FunctionCall(response.turn_id, call.call_id, call.name, item.arguments)
+        session.conversation.add_item(entry, before=response)
+        item.ref = entry
+        session.conversation.complete_response(response)
+        if not response.text:
+            session.conversation.history.remove(response)  # the call is the whole answer
+        return False
 
 
 class ResponsesMixin:
@@ -147,29 +190,22 @@ class ResponsesMixin:
 
     async def _generate(self, ctx: StageContext, outbox: Outbox, state: ResponseState) -> None:
         conversation, request = self.conversation, state.request
-        response = conversation.begin_response(conversation.new_turn_id(), "")
-        placeholder = conversation.items[conversation.items.index(response) - 1]
-        if isinstance(placeholder, UserMessage) and not placeholder.text:
-            conversation.items.remove(placeholder)  # the user's words are already in the history
+        response = conversation.begin_response(conversation.new_turn_id(), None)  # the user's words are in the history
         state.response = response
         state.id = response.id
         self.emit("response.created", response=self._response_object(state, "in_progress"))
         if response.cancelled:  # the user was already talking over it
             return
         max_tokens = max_tokens_of(request.max_output_tokens, self.engines.llm.max_tokens)
-        llm = self.engines.llm_view(temperature=request.temperature, max_tokens=max_tokens)
-        llm.bind_history(self.conversation)  # the window's token budget (append-only, one-step trims)
         registry = self._registry(request.tools)
         conversation.budget_tokens = self._prompt_budget(max_tokens, registry)
         self.emit_rate_limits(sum(message_tokens(m, self.engines.count_tokens) for m in conversation.messages()))
-        tool = await self._decide(llm, registry, request.tool_choice, response)
-        if response.cancelled:
-            return
-        if tool is not None:
-            await self._function_call(ctx, llm, state, tool)
-        else:
-            with priority(Priority.FIRST_CLAUSE):  # the reply's generation: its first audio waits on it
-                await self._message(ctx, outbox, llm, state)
+        with priority(Priority.FIRST_CLAUSE):  # the reply's generation: its first audio waits on it
+            await self.responder.generate(
+                ctx, response, _Tap(self, state, outbox, "audio" in request.modalities),
+                tools=registry, tool_choice=request.tool_choice if len(registry) else "none",
+                max_tokens=max_tokens, temperature=request.temperature, strategy=ClientTools(self, state),
+            )
 
     def _prompt_budget(self, max_tokens: int, registry: ToolRegistry) -> int:
         """Tokens the prompt may take: the context less the reply (at most a quarter of it) and
@@ -179,22 +215,8 @@ class ResponsesMixin:
         tools = self.engines.count_tokens(listing) + TOOL_QUESTION_TOKENS if len(registry) else 0
         return context - min(max_tokens, context // 4) - tools
 
-    async def _decide(self, llm: Any, registry: ToolRegistry, choice_spec: str | Mapping[str, Any], response: Response) -> Tool | None:
-        if not len(registry):
-            return None
-        choice = registry.resolve(choice_spec)
-        if choice.mode == "none":
-            return None
-        if choice.mode == "function":
-            return registry[str(choice.name)]
-        if choice.mode == "required" and len(registry) == 1:
-            return registry[registry.names[0]]
-        name = await anyio.to_thread.run_sync(llm.choose_tool, self.conversation.messages(), registry, choice, response.token)
-        if name in registry:
-            return registry[name]
-        return registry[registry.names[0]] if choice.mode == "required" else None
-
-    async def _message(self, ctx: StageContext, outbox: Outbox, llm: Any, state: ResponseState) -> None:
+    def _open_message(self, state: ResponseState) -> None:
+        """The response's message item and its content part (at its first text, or its end)."""
         audio = "audio" in state.request.modalities
         item = ItemRecord(new_id("item"), "message", role="assistant", status="in_progress")
         self._add_output_item(state, item)
@@ -202,9 +224,7 @@ class ResponsesMixin:
         item.content.append(part)
         state.part = part
         self.emit("response.content_part.added", **self.part_ids(state), part=render_part(part, self.dialect, as_response_part=True))
-        assert state.response is not None
         item.ref = state.response
-        await llm.generate(ctx, state.response, _Tap(self, state, outbox, audio))
 
     def _add_output_item(self, state: ResponseState, item: ItemRecord) -> None:
         previous = self.items[-1].id if self.items else None
@@ -212,69 +232,6 @@ class ResponsesMixin:
         self.items.append(item)
         self.emit("response.output_item.added", response_id=state.id, output_index=len(state.output) - 1, item=render_item(item, self.dialect))
         self._emit_item_added(item, previous)
-
-    async def _function_call(self, ctx: StageContext, llm: Any, state: ResponseState, tool: Tool) -> None:
-        response = state.response
-        assert response is not None
-        call_id = new_id("call")
-        item = ItemRecord(new_id("item"), "function_call", status="in_progress", call_id=call_id, name=tool.name, arguments="")
-        self._add_output_item(state, item)
-        ids = {"response_id": state.id, "item_id": item.id, "output_index": len(state.output) - 1, "call_id": call_id}
-        messages = self.conversation.messages()
-        streamed = await self._stream_arguments(llm, messages, tool, response, lambda piece: self._argument_delta(state, item, ids, piece))
-        if not streamed and not response.cancelled:  # cut off: the LLM's own bounded second pass
-            item.arguments = ""
-            pieces = await anyio.to_thread.run_sync(lambda: list(llm.stream_arguments(messages, tool, response.token)))
-            for piece in pieces:
-                self._argument_delta(state, item, ids, piece)
-        if response.cancelled:
-            return
-        item.arguments = (item.arguments or "").strip()
-        done = {"name": tool.name} if self.dialect is Dialect.GA else {}
-        self.emit("response.function_call_arguments.done", **ids, arguments=item.arguments, **done)
-        entry = FunctionCall(response.turn_id, call_id, tool.name, item.arguments)
-        self.conversation.add_item(entry, before=response)
-        item.ref = entry
-        self.conversation.complete_response(response)
-        if response in self.conversation.items and not response.text:
-            self.conversation.items.remove(response)  # the call is the whole answer
-
-    def _argument_delta(self, state: ResponseState, item: ItemRecord, ids: dict[str, Any], piece: str) -> None:
-        state.output_tokens += 1
-        item.arguments = (item.arguments or "") + piece
-        self.emit("response.function_call_arguments.delta", **ids, delta=piece)
-
-    @staticmethod
-    async def _stream_arguments(llm: Any, messages: list[dict[str, Any]], tool: Tool, response: Response, on_piece: Callable[[str], None]) -> bool:
-        """Stream the call's arguments under the schema grammar, stopping once they are complete JSON.
-
-        The grammar admits whitespace after the closing brace, which a small model
-        may write until the token limit; stopping at the first complete JSON makes
-        the call as fast as its arguments. Returns False if no complete JSON came
-        (cut off at the limit), which the caller retries with the LLM's bounded pass.
-        """
-        stream = getattr(llm, "_stream", None)
-        if stream is None or not hasattr(llm, "arguments_messages"):
-            return False
-        token = CancelToken(response.token)
-        pieces = stream(llm.arguments_messages(messages, tool), token, grammar=llm.arguments_grammar(tool),
-                        max_tokens=llm.max_argument_tokens, temperature=0.0)
-        text = ""
-        try:
-            while not token.cancelled:
-                piece = await anyio.to_thread.run_sync(next, pieces, None)
-                if piece is None:
-                    return False
-                text += piece
-                on_piece(piece)
-                if _is_json_object(text):
-                    return True
-            return False
-        finally:
-            token.cancel("arguments complete")
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(pieces.close)
-            token.release()
 
     def _finish(self, state: ResponseState, reason: str | None) -> None:
         """Close every open part and item of the response, then ``response.done``."""

@@ -31,6 +31,7 @@ from ..conversation import (
 from ..frames import SpeechStarted, SpeechStopped, TranscriptFinal
 from ..interruption import InterruptionSettings, has_words
 from ..pipeline import Pipeline, StageError
+from ..responder import Responder as CoreResponder
 from ..stage import Outbox, StageContext
 from ..stages.chunker import SentenceChunker
 from ..stages.player import Player
@@ -135,6 +136,8 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             OUTPUT_SAMPLE_RATE_HZ, self._on_audio_block,
             paced=self.options.pace_output, buffer_ms=self.options.output_lead_ms,
         )
+        #: The library's responder on the shared LLM: every response of this session goes through it.
+        self.responder = CoreResponder(engines.llm, speculate=False)
         self.pipeline = Pipeline(
             [
                 InputSource(audio_receive), self.vad, SmartTurn(engines.smart_turn), self.asr, Responder(self),

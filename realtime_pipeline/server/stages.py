@@ -86,12 +86,10 @@ class Responder(Stage):
     """Hands final transcripts to the session and runs the session's response loop beside them."""
 
     name = "responder"
+    answers_turns = True  # turns stay open until the session answers or closes them
 
     def __init__(self, session: RealtimeSession) -> None:
         self.session = session
-
-    async def setup(self, ctx: StageContext) -> None:
-        ctx.conversation.has_responder = True  # turns stay open until the session answers or closes them
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         async with anyio.create_task_group() as group:
@@ -107,7 +105,7 @@ class Responder(Stage):
 
     async def _score_end_of_turn(self, ctx: StageContext, preview: TranscriptPreview) -> None:
         with priority(Priority.FINAL_TRANSCRIPT):  # the turn's end waits on it, like its final pass
-            await self.session.engines.llm.emit_end_of_turn_score(ctx.conversation, preview)
+            await self.session.responder.emit_end_of_turn_score(ctx.conversation, preview)
 
 
 class EventOutput(AudioOutput):

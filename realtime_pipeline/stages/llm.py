@@ -25,65 +25,30 @@ import json
 import logging
 import re
 import threading
-import time
-from abc import abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
-from anyio.abc import TaskGroup
 
 from .. import models
 from ..cancellation import CancelToken
-from ..conversation import Conversation, FunctionCall, FunctionCallOutput
-from ..frames import ResponseEnd, TextDelta, TranscriptFinal, TranscriptPreview
+from ..conversation import DEFAULT_SYSTEM_PROMPT
 from ..history_window import estimate_tokens
-from ..interruption import has_words
-from ..response import Response
-from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
-from ..tools import (
-    Tool,
-    ToolCall,
-    ToolCallDone,
-    ToolCallStarted,
-    ToolChoice,
-    ToolChoiceSpec,
-    ToolError,
-    ToolRegistry,
-    ToolResult,
-    as_registry,
+from ..llm_engine import RESTART, BlockingEngine, Messages, PromptTokens
+from ..responder import (  # noqa: F401  (re-exported: where apps imported them from)
+    TOOL_CALL_DONE,
+    TOOL_CALL_STARTED,
+    Responder,
+    ToolsSpec,
+    canonical_json,
 )
-from ..tracing import LLM_FIRST_TOKEN, PROMPT_TOKENS, PROMPT_TOKENS_CACHED, PROMPT_TOKENS_EVALUATED
-from ..turn_taking import TEXT_MODEL, TurnScore
+from ..stage import StageContext
+from ..tools import Tool, ToolChoice, ToolChoiceSpec, ToolError, ToolRegistry
 
 log = logging.getLogger(__name__)
-
-Messages = list[dict[str, Any]]
-ToolsSpec = ToolRegistry | Iterable[Tool | Callable[..., Any]] | None
-
-# Tracer stamps of a turn with tool calls (first call's start, last call's end).
-TOOL_CALL_STARTED = "tool_call_started"
-TOOL_CALL_DONE = "tool_call_done"
-
-
-@dataclass
-class PromptTokens:
-    """One generation's prompt as llama.cpp read it: ``cached`` tokens reused from its KV cache
-    (``shifted`` of them kept by a context shift past trimmed history), ``evaluated`` read anew."""
-
-    cached: int = 0
-    evaluated: int = 0
-    shifted: int = 0
-    measured: bool = False
-
-    @property
-    def total(self) -> int:
-        return self.cached + self.evaluated
-
 
 def render_for_template(messages: Messages) -> list[dict[str, str]]:
     """Chat Completions messages (with ``tool_calls`` / ``tool``) as plain role/content messages.
@@ -232,290 +197,11 @@ def json_grammar(schema_json: str) -> Any:
     return LlamaGrammar.from_string(json_gbnf(schema_json), verbose=False)
 
 
-def _canonical_json(text: str) -> str:
-    """Compact strict JSON for what parses (even with raw control characters), else the text as is."""
+def _is_json_object(text: str) -> bool:
     try:
-        return json.dumps(json.loads(text, strict=False), ensure_ascii=False)
-    except ValueError:
-        return text.strip()
-
-
-def _is_json(text: str) -> bool:
-    try:
-        json.loads(text)
+        return isinstance(json.loads(text), dict)
     except ValueError:
         return False
-    return True
-
-
-class ChatLLM(Stage):
-    """Answers each final transcript with a streamed reply, calling tools on the way.
-
-    The loop, per response: decide (a tool, or answer) → if a tool: generate
-    its arguments, run it (the conversation stays live: ASR and barge-in go
-    on), put call and result into the history, and decide again → stream the
-    answer as TextDelta frames. The forced ``tool_choice`` applies to the
-    first decision of a response; later ones use ``followup_tool_choice``;
-    after ``max_tool_calls`` calls the model must answer.
-
-    Subclasses provide the three blocking model calls (:meth:`stream_reply`,
-    :meth:`choose_tool`, :meth:`stream_arguments`), which run in a worker
-    thread and stop between tokens once the token is cancelled.
-    """
-
-    name = "llm"
-
-    def __init__(
-        self,
-        *,
-        max_tokens: int = 120,
-        tools: ToolsSpec = None,
-        tool_choice: ToolChoiceSpec = "auto",
-        followup_tool_choice: ToolChoiceSpec = "auto",
-        max_tool_calls: int = 3,
-        speculate: bool = True,
-        score_end_of_turn: bool = True,
-    ) -> None:
-        """``speculate``: start the reply from the ASR's preview during the end-of-turn silence
-        (used only without tools, and only if the conversation allows it). ``score_end_of_turn``:
-        send the text end-of-turn score of each preview (:meth:`end_of_turn_probability`)."""
-        if max_tool_calls < 0:
-            raise ValueError(f"max_tool_calls must be 0 or more, got {max_tool_calls}")
-        self.max_tokens = max_tokens
-        self.tools = as_registry(tools)
-        self.tool_choice = self.tools.resolve(tool_choice) if len(self.tools) else ToolChoice.parse(tool_choice)
-        self.followup_tool_choice = ToolChoice.parse(followup_tool_choice)
-        if self.followup_tool_choice.mode not in ("auto", "none"):
-            raise ToolError("followup_tool_choice must be 'auto' or 'none' (a forced choice would call tools until max_tool_calls)")
-        self.max_tool_calls = max_tool_calls
-        self.speculate = speculate
-        self.score_end_of_turn = score_end_of_turn
-        self.end_of_turn_cost_ms: list[float] = []
-        self._background: TaskGroup | None = None
-        #: The prompt of the last reply generated, if the engine reports it (LlamaLLM does).
-        self.last_prompt_tokens: PromptTokens | None = None
-
-    # -- the prompt's history budget ------------------------------------------------------
-    def count_tokens(self, text: str) -> int:
-        """Tokens of ``text`` for this model; engines that cannot tokenize estimate (over-count)."""
-        return estimate_tokens(text)
-
-    def prompt_budget_tokens(self) -> int | None:
-        """Tokens the system prompt and history may take (None: the window's default)."""
-        return None
-
-    def bind_history(self, conversation: Conversation) -> None:
-        """Give the conversation's history window this model's tokenizer and prompt budget."""
-        conversation.history_window.use_model(self.count_tokens, self.prompt_budget_tokens())
-
-    # -- the blocking model calls -------------------------------------------------------
-    @abstractmethod
-    def stream_reply(self, messages: Messages, token: CancelToken, *, max_tokens: int | None = None) -> Iterator[str]:
-        """Blocking generator of reply text pieces; stops between tokens once ``token`` is cancelled."""
-
-    def choose_tool(self, messages: Messages, tools: ToolRegistry, choice: ToolChoice, token: CancelToken) -> str | None:
-        """Blocking: the model's pick, a tool name or None to answer.
-
-        Called for ``auto`` and for ``required`` with several tools only
-        (forced choices are settled without the model); a name that is no
-        tool counts as "answer" for auto and as the first tool for required.
-        """
-        raise NotImplementedError(f"{type(self).__name__} does not support tool calls")
-
-    def stream_arguments(self, messages: Messages, tool: Tool, token: CancelToken) -> Iterator[str]:
-        """Blocking generator of the call's JSON arguments text, piece by piece."""
-        raise NotImplementedError(f"{type(self).__name__} does not support tool calls")
-
-    def end_of_turn_probability(self, messages: Messages) -> float | None:
-        """Blocking: the probability that the user's last message ends their turn, or None if
-        this engine cannot tell (the text end-of-turn model of :mod:`..turn_taking`)."""
-        return None
-
-    # -- the stage ----------------------------------------------------------------------
-    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
-        conversation = ctx.conversation
-        # Non-cancellable tool calls outlive a barge-in here, so the next turn need not wait for them.
-        async with anyio.create_task_group() as self._background:
-            try:
-                async for frame in inbox:
-                    await outbox.send(frame)
-                    if isinstance(frame, TranscriptPreview) and self.score_end_of_turn:
-                        await self.emit_end_of_turn_score(conversation, frame)
-                    if isinstance(frame, TranscriptPreview) and self.speculate and not len(self.tools):
-                        # The turn may be ending: prepare the reply now; it plays only if the
-                        # VAD commits the turn where the preview assumed (tool calls could have
-                        # side effects, so with tools the reply waits for the final transcript).
-                        held = conversation.begin_speculative_response(frame.turn_id, frame.text.strip(), frame.audio_end_ms)
-                        if held is not None:
-                            await self.generate(ctx, held, outbox)
-                        continue
-                    if not isinstance(frame, TranscriptFinal):
-                        continue
-                    text = frame.text.strip()
-                    if conversation.answered_by_speculation(frame.turn_id, text):
-                        continue
-                    if not text:
-                        conversation.close_turn(frame.turn_id)
-                        continue
-                    response = conversation.begin_response(frame.turn_id, text)
-                    await self.generate(ctx, response, outbox)
-            finally:
-                self._background = None
-
-    async def emit_end_of_turn_score(self, conversation: Conversation, preview: TranscriptPreview) -> None:
-        """The text end-of-turn score of the pause ``preview`` was made for, as a TurnScore event.
-
-        Scored on the history plus the previewed words, before the speculative reply starts, so
-        the reply's prompt evaluation reuses the prefix this one leaves in the KV cache.
-        """
-        messages = [*conversation.messages(), {"role": "user", "content": preview.text.strip()}]
-        began = time.perf_counter()
-        probability = await anyio.to_thread.run_sync(self.end_of_turn_probability, messages)
-        if probability is not None:
-            cost_ms = 1000.0 * (time.perf_counter() - began)
-            self.end_of_turn_cost_ms.append(cost_ms)
-            conversation.emit(TurnScore(preview.turn_id, preview.audio_end_ms, TEXT_MODEL, probability, cost_ms))
-
-    async def generate(
-        self,
-        ctx: StageContext,
-        response: Response,
-        outbox: Outbox,
-        *,
-        tools: ToolsSpec = None,
-        tool_choice: ToolChoiceSpec | None = None,
-    ) -> None:
-        """Answer ``response`` (calling tools as needed) into ``outbox``: TextDelta frames, then ResponseEnd.
-
-        ``tools`` and ``tool_choice`` override the stage's for this response.
-        """
-        registry = self.tools if tools is None else as_registry(tools)
-        requested = self.tool_choice if tool_choice is None else tool_choice
-        choice = registry.resolve(requested) if len(registry) else ToolChoice("none")
-        calls = 0
-        self.bind_history(ctx.conversation)
-        while not response.cancelled:
-            step = self._step_choice(choice, calls, registry)
-            messages = ctx.conversation.messages()  # ends with the user's turn, or the last tool result
-            name = await self._decide(registry, step, messages, response)
-            if response.cancelled:
-                break
-            if name is None:
-                await self._stream_text(ctx, response, outbox, messages)
-                break
-            await self._call_tool(ctx, response, registry, registry[name], messages)
-            calls += 1
-        ctx.tracer.note(response.turn_id, "assistant", response.text)
-        await send_unless_cancelled(outbox, ResponseEnd(response))
-
-    async def _decide(self, registry: ToolRegistry, step: ToolChoice, messages: Messages, response: Response) -> str | None:
-        """The tool to call now, or None to answer. Forced choices never ask the model."""
-        if step.mode == "none":
-            return None
-        if step.mode == "function":
-            return step.name
-        if step.mode == "required" and len(registry) == 1:
-            return registry.names[0]
-        name = await anyio.to_thread.run_sync(self.choose_tool, messages, registry, step, response.token)
-        if name in registry or response.cancelled:
-            return name if name in registry else None
-        if step.mode == "required":  # the guarantee holds whatever the model wrote
-            log.warning("the model chose %r under tool_choice='required'; calling %s", name, registry.names[0])
-            return registry.names[0]
-        if name is not None:
-            log.warning("the model chose %r, which is no tool; answering instead", name)
-        return None
-
-    def _step_choice(self, choice: ToolChoice, calls: int, registry: ToolRegistry) -> ToolChoice:
-        if not len(registry) or calls >= self.max_tool_calls or choice.mode == "none":
-            return ToolChoice("none")
-        return choice if calls == 0 else self.followup_tool_choice
-
-    async def _stream_text(self, ctx: StageContext, response: Response, outbox: Outbox, messages: Messages) -> None:
-        self.last_prompt_tokens = None
-        replies = self.stream_reply(messages, response.token)
-        try:
-            while not response.cancelled:
-                piece = await anyio.to_thread.run_sync(next, replies, None)
-                if piece is None:
-                    break
-                if not response.text:
-                    ctx.tracer.stamp(response.turn_id, LLM_FIRST_TOKEN)
-                response.add_text(piece)
-                await send_unless_cancelled(outbox, TextDelta(response, piece))
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(replies.close)
-            prompt = self.last_prompt_tokens
-            if prompt is not None and prompt.measured:  # the turn's last reply wins (a missed speculation's is replaced)
-                ctx.tracer.count(response.turn_id, PROMPT_TOKENS, prompt.total)
-                ctx.tracer.count(response.turn_id, PROMPT_TOKENS_CACHED, prompt.cached)
-                ctx.tracer.count(response.turn_id, PROMPT_TOKENS_EVALUATED, prompt.evaluated)
-
-    async def _call_tool(self, ctx: StageContext, response: Response, registry: ToolRegistry, tool: Tool, messages: Messages) -> None:
-        """Generate the arguments, run the call, record both in the history."""
-        conversation = ctx.conversation
-        pieces = self.stream_arguments(messages, tool, response.token)
-        arguments = ""
-        try:
-            while not response.cancelled:
-                piece = await anyio.to_thread.run_sync(next, pieces, None)
-                if piece is None:
-                    break
-                arguments += piece
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(pieces.close)
-        if response.cancelled:
-            return  # interrupted while writing the arguments: the call was never made
-        call = ToolCall(tool.name, _canonical_json(arguments))
-        conversation.add_item(FunctionCall(response.turn_id, call.call_id, call.name, call.arguments), before=response)
-        ctx.tracer.stamp(response.turn_id, TOOL_CALL_STARTED)
-        log.debug("calling %s(%s) for %s", call.name, call.arguments, response.id)
-        conversation.emit(ToolCallStarted(response, call))
-        done = anyio.Event()
-
-        async def run_call() -> None:
-            result = await registry.call(call, response.token)
-            self._record(ctx, response, call, result)
-            done.set()
-
-        remove_listener = conversation.add_listener(self._superseder(conversation, response))
-        try:
-            if tool.cancellable or self._background is None:
-                await run_call()  # a cancellable call returns at once on barge-in
-            else:
-                self._background.start_soon(run_call, name=f"tool {call.name}")
-                with response.token.scope():
-                    await done.wait()
-        finally:
-            remove_listener()
-
-    @staticmethod
-    def _superseder(conversation: Conversation, response: Response) -> Callable[[object], None]:
-        """While a tool runs this stage reads no frames, so a newer turn's words would wait for the
-        call to end. Instead, their final transcript supersedes the response at once (what
-        ``begin_response`` would do later), when interruptions are allowed. This covers speech the
-        barge-in policy had judged a false interruption before its words were transcribed."""
-
-        def on_event(event: object) -> None:
-            if (
-                isinstance(event, TranscriptFinal)
-                and event.turn_id > response.turn_id
-                and has_words(event.text)
-                and conversation.allow_interruptions
-                and not response.ended
-                and not response.paused  # a pending interruption: the conversation confirms it itself
-            ):
-                conversation.cancel_response("superseded")
-
-        return on_event
-
-    def _record(self, ctx: StageContext, response: Response, call: ToolCall, result: ToolResult) -> None:
-        ctx.conversation.add_item(FunctionCallOutput(response.turn_id, call.call_id, result.output), before=response)
-        ctx.tracer.stamp(response.turn_id, TOOL_CALL_DONE, overwrite=True)
-        ctx.tracer.note(response.turn_id, f"tool {call.call_id}", f"{call.name}({call.arguments}) -> {result.status.value}: {result.output}")
-        ctx.conversation.emit(ToolCallDone(response, call, result))
 
 
 _MODEL_PARAMS_LOCK = threading.Lock()
@@ -605,8 +291,8 @@ def _model_params(**fields: Any) -> Iterator[None]:
             native.llama_model_default_params = defaults
 
 
-class LlamaLLM(ChatLLM):
-    """:class:`ChatLLM` on llama.cpp (the embedded SmolLM2-135M by default).
+class LlamaEngine(BlockingEngine):
+    """An :class:`~..llm_engine.LLMEngine` on llama.cpp (the embedded SmolLM2-135M by default).
 
     Generation steps one token per worker-thread call and checks the
     response's token before each, so a barge-in stops it within one token.
@@ -629,15 +315,10 @@ class LlamaLLM(ChatLLM):
         top_p: float = 0.9,
         repeat_penalty: float = 1.15,
         seed: int | None = None,
-        tools: ToolsSpec = None,
-        tool_choice: ToolChoiceSpec = "auto",
-        followup_tool_choice: ToolChoiceSpec = "auto",
-        max_tool_calls: int = 3,
         max_argument_tokens: int = 128,
         max_argument_string_chars: int = 60,
         max_argument_items: int = 8,
-        speculate: bool = True,
-        score_end_of_turn: bool = True,
+        warm_end_of_turn: bool = True,
         extra_buffers: bool | None = None,
         context_shift: bool = True,
     ) -> None:
@@ -649,12 +330,9 @@ class LlamaLLM(ChatLLM):
         the messages that stay (removing the dropped tokens and shifting the rest back, like
         llama.cpp's context shift) instead of evaluating them again: a trim then costs no
         prompt evaluation (measured: ~2-4 s for 900 tokens of SmolLM2-135M on 2 cores)."""
-        super().__init__(
-            max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
-            followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls, speculate=speculate,
-            score_end_of_turn=score_end_of_turn,
-        )
         self.model_path = models.llm_model_file(model_path)
+        self.label = f"llama.cpp {self.model_path.name}"
+        self.max_tokens = max_tokens
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.temperature = temperature
@@ -666,6 +344,11 @@ class LlamaLLM(ChatLLM):
         self.max_argument_items = max_argument_items
         self.extra_buffers = (not _cpu_has_amx()) if extra_buffers is None else extra_buffers
         self.context_shift = context_shift
+        self.warm_end_of_turn = warm_end_of_turn
+        #: The system prompt the warm-up reads (its KV cache is then the first turn's prefix).
+        self.warmup_system_prompt = DEFAULT_SYSTEM_PROMPT
+        #: The prompt of the last reply generated.
+        self.last_prompt_tokens: PromptTokens | None = None
         self._llm: Any = None
         self._lock = threading.Lock()
         self._grammars: dict[str, Any] = {}
@@ -674,21 +357,30 @@ class LlamaLLM(ChatLLM):
         # the lock), shared with the views.
         self._reading: list[tuple[PromptTokens, bool] | None] = [None]
 
-    async def setup(self, ctx: StageContext) -> None:
-        ctx.conversation.has_responder = True
-        for tool in self.tools:  # an unsupported schema fails now, not mid-conversation
+    def check_tools(self, tools: Sequence[Tool]) -> None:
+        """Build every tool's argument grammars now: an unsupported schema fails at start-up."""
+        for tool in tools:
             self.arguments_grammar(tool)
             self.bounded_arguments_grammar(tool)
             ignored = unenforced_keywords(dict(tool.parameters))
             if ignored:
                 log.warning("tool %s: the argument grammar cannot enforce %s; arguments breaking them become error results", tool.name, sorted(ignored))
-        if self._llm is None:
-            self._llm = await anyio.to_thread.run_sync(self._load)
-            # llama.cpp's first call costs far more than the next ones: pay it now.
-            warmup = [{"role": "system", "content": ctx.conversation.system_prompt}, {"role": "user", "content": "Hi"}]
-            await anyio.to_thread.run_sync(lambda: list(self.stream_reply(warmup, CancelToken(), max_tokens=2)))
-            if self.score_end_of_turn:
-                await anyio.to_thread.run_sync(self.end_of_turn_probability, warmup)
+
+    async def start(self) -> None:
+        """Load the model and pay llama.cpp's costly first call now (a reply and an end-of-turn score)."""
+        if self._llm is not None:
+            return
+        self._llm = await anyio.to_thread.run_sync(self._load)
+        warmup = [{"role": "system", "content": self.warmup_system_prompt}, {"role": "user", "content": "Hi"}]
+        await anyio.to_thread.run_sync(lambda: list(self.stream_reply(warmup, CancelToken(), max_tokens=2)))
+        if self.warm_end_of_turn:
+            await anyio.to_thread.run_sync(self.end_of_turn_probability_sync, warmup)
+
+    async def aclose(self) -> None:
+        """Keep the model: engines are shared (server sessions, tests) and freed with the object."""
+
+    def prompt_tokens(self) -> PromptTokens | None:
+        return self.last_prompt_tokens
 
     def _load(self) -> Any:
         from llama_cpp import Llama
@@ -730,13 +422,14 @@ class LlamaLLM(ChatLLM):
             return estimate_tokens(text)
         return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def prompt_budget_tokens(self) -> int:
+    def prompt_budget_tokens(self, max_tokens: int | None = None, tools: Sequence[Any] = ()) -> int:
         """The context less the reply's tokens and :data:`PROMPT_RESERVE_TOKENS` (template, tool list).
 
         A reply cap above a quarter of the context does not shrink the history further: llama.cpp
         ends such a reply at the end of the context instead."""
-        tools = sum(estimate_tokens(f"- {tool.name}: {tool.description}") for tool in self.tools)
-        return max(64, self.n_ctx - min(self.max_tokens, self.n_ctx // 4) - PROMPT_RESERVE_TOKENS - tools)
+        reply = max_tokens or self.max_tokens
+        listing = sum(estimate_tokens(f"- {tool.name}: {tool.description}") for tool in tools)
+        return max(64, self.n_ctx - min(reply, self.n_ctx // 4) - PROMPT_RESERVE_TOKENS - listing)
 
     def _stream(self, messages: list[dict[str, str]], token: CancelToken, *, prompt: PromptTokens | None = None,
                 **options: Any) -> Iterator[str]:
@@ -758,18 +451,19 @@ class LlamaLLM(ChatLLM):
             finally:
                 self._reading[0] = None
 
-    def stream_reply(self, messages: Messages, token: CancelToken, *, max_tokens: int | None = None) -> Iterator[str]:
+    def stream_reply(self, messages: Messages, token: CancelToken, *, max_tokens: int | None = None,
+                     temperature: float | None = None) -> Iterator[str]:
         """Blocking generator of reply text pieces; stops between tokens once ``token`` is cancelled.
 
         :attr:`last_prompt_tokens` tells how much of the prompt llama.cpp read anew."""
         self.last_prompt_tokens = prompt = PromptTokens()
         return self._stream(
             render_for_template(messages), token, prompt=prompt,
-            max_tokens=max_tokens or self.max_tokens, temperature=self.temperature, top_p=self.top_p,
-            repeat_penalty=self.repeat_penalty,
+            max_tokens=max_tokens or self.max_tokens, temperature=self.temperature if temperature is None else temperature,
+            top_p=self.top_p, repeat_penalty=self.repeat_penalty,
         )
 
-    def end_of_turn_probability(self, messages: Messages) -> float | None:
+    def end_of_turn_probability_sync(self, messages: Messages) -> float | None:
         """The probability that the user's words end here: of the chat template's end-of-turn
         token (as LiveKit's turn detector reads it) or a sentence-final mark, right after the
         user's last message. The words are read without punctuation (Whisper ends nearly every
@@ -903,24 +597,39 @@ class LlamaLLM(ChatLLM):
         return picked if picked in names else None
 
     def stream_arguments(self, messages: Messages, tool: Tool, token: CancelToken) -> Iterator[str]:
-        """The call's JSON arguments, decoded under the tool's schema grammar.
+        """The call's JSON arguments, decoded under the tool's schema grammar, as they are written.
 
-        The grammar alone cannot stop a model that rambles inside a string
-        (the JSON would be cut off at ``max_argument_tokens``). So if the first
-        pass does not end in complete JSON, a second pass runs under a grammar
-        of the schema with every string and array capped
-        (``max_argument_string_chars``, ``max_argument_items``) and a token
-        budget as large as the longest JSON that grammar admits: it always ends
-        in complete, schema-valid JSON (for schemas that become bounded; see
-        :func:`bounded_schema`). The pieces are yielded once a pass succeeded.
+        A pass stops at the first complete JSON object: the grammar admits whitespace after the
+        closing brace, which a small model may write until the token limit. The grammar alone
+        cannot stop a model that rambles inside a string (the JSON would be cut off at
+        ``max_argument_tokens``). So if the first pass does not end in complete JSON, a
+        :data:`RESTART` piece voids it and a second pass runs under a grammar of the schema with
+        every string and array capped (``max_argument_string_chars``, ``max_argument_items``) and
+        a token budget as large as the longest JSON that grammar admits: it always ends in
+        complete, schema-valid JSON (for schemas that become bounded; see :func:`bounded_schema`).
         """
         prompt = self.arguments_messages(messages, tool)
-        pieces = list(self._stream(prompt, token, grammar=self.arguments_grammar(tool), max_tokens=self.max_argument_tokens, temperature=0.0))
-        if not token.cancelled and not _is_json("".join(pieces)):
-            grammar, budget = self.bounded_arguments_grammar(tool)
-            log.info("arguments for %s were cut off at %d tokens; decoding again with capped strings (%d tokens at most)", tool.name, self.max_argument_tokens, budget)
-            pieces = list(self._stream(prompt, token, grammar=grammar, max_tokens=budget, temperature=0.0))
-        yield from pieces
+        complete = yield from self._json_pass(prompt, token, self.arguments_grammar(tool), self.max_argument_tokens)
+        if complete or token.cancelled:
+            return
+        grammar, budget = self.bounded_arguments_grammar(tool)
+        log.info("arguments for %s were cut off at %d tokens; decoding again with capped strings (%d tokens at most)", tool.name, self.max_argument_tokens, budget)
+        yield RESTART
+        yield from self._json_pass(prompt, token, grammar, budget)
+
+    def _json_pass(self, prompt: list[dict[str, str]], token: CancelToken, grammar: Any, max_tokens: int) -> Generator[str, None, bool]:
+        """One decoding pass of arguments, piece by piece; True if it ended in a complete JSON object."""
+        pieces = self._stream(prompt, token, grammar=grammar, max_tokens=max_tokens, temperature=0.0)
+        text = ""
+        try:
+            for piece in pieces:
+                text += piece
+                yield piece
+                if _is_json_object(text):
+                    return True
+        finally:
+            pieces.close()
+        return _is_json_object(text)
 
     def bounded_arguments_grammar(self, tool: Tool) -> tuple[Any, int]:
         """The capped-schema grammar and the token budget it needs (see :meth:`stream_arguments`)."""
@@ -934,3 +643,47 @@ class LlamaLLM(ChatLLM):
         # A token is at least one character, so max_chars tokens always suffice.
         budget = max_chars if max_chars is not None else 4 * self.max_argument_tokens
         return grammar, max(self.max_argument_tokens, min(budget, self.n_ctx // 2))
+
+
+class LlamaLLM(Responder):
+    """The :class:`~..responder.Responder` on a :class:`LlamaEngine` (the embedded SmolLM2-135M
+    by default): the engine's options and the responder's in one constructor.
+
+    Attributes the responder lacks (``n_ctx``, ``stream_reply``, ``choose_tool``...) are the
+    engine's.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        max_tokens: int = 120,
+        tools: ToolsSpec = None,
+        tool_choice: ToolChoiceSpec = "auto",
+        followup_tool_choice: ToolChoiceSpec = "auto",
+        max_tool_calls: int = 3,
+        speculate: bool = True,
+        score_end_of_turn: bool = True,
+        engine: LlamaEngine | None = None,
+        **engine_options: Any,
+    ) -> None:
+        """``engine_options``: :class:`LlamaEngine`'s (``n_ctx``, ``n_threads``, ``temperature``,
+        ``seed``...); or pass a shared ``engine``."""
+        if engine is None:
+            engine = LlamaEngine(model_path, max_tokens=max_tokens, warm_end_of_turn=score_end_of_turn, **engine_options)
+        elif model_path is not None or engine_options:
+            raise ValueError("pass either engine or the engine's options (model_path, n_ctx...), not both")
+        super().__init__(
+            engine, max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
+            followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls,
+            speculate=speculate, score_end_of_turn=score_end_of_turn,
+        )
+
+    async def setup(self, ctx: StageContext) -> None:
+        self.engine.warmup_system_prompt = ctx.conversation.system_prompt
+        await super().setup(ctx)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "engine":
+            raise AttributeError(name)
+        return getattr(self.engine, name)

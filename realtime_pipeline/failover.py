@@ -187,6 +187,13 @@ class FailoverEngine:
             self.health.answered()
 
     # -- the rest of the protocol: the safer of the two ---------------------------------------
+    def check_tools(self, tools: Sequence[Any]) -> None:
+        """Both must be able to call every tool (the fallback may answer any turn)."""
+        for engine in (self.primary, self.fallback):
+            check = getattr(engine, "check_tools", None)
+            if check is not None:
+                check(tools)
+
     def count_tokens(self, text: str) -> int:
         return max(self.primary.count_tokens(text), self.fallback.count_tokens(text))
 

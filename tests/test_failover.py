@@ -42,6 +42,9 @@ class ScriptedEngine:
         finally:
             self.closed += 1
 
+    def check_tools(self, tools):
+        pass
+
     def count_tokens(self, text):
         return len(text)
 

@@ -12,12 +12,17 @@ from typing import Literal
 import anyio
 import pytest
 
+from conftest import SPEECH_DIR, normalize_text
 from llama_server import MODEL_NAME, LlamaServer
+from realtime_pipeline import MemoryOutput, ResponseStatus, WavFileSource, voice_pipeline
+from realtime_pipeline.audio import speech_level_dbfs
+from realtime_pipeline.response import Response
+from realtime_pipeline.responder import LLM_ENGINE, EngineSwitchedEvent
 from realtime_pipeline.cancellation import CancelToken
 from realtime_pipeline.failover import NO_FIRST_TOKEN, PRIMARY_DOWN, PRIMARY_FAILED, FailoverEngine
 from realtime_pipeline.llm_engine import EngineSwitched, LLMEngine, LLMEngineError, LLMRequest, TextPiece, ToolCallPiece
 from realtime_pipeline.server.app import free_port
-from realtime_pipeline.stages.openai_llm import OpenAIEngine
+from realtime_pipeline.stages.openai_llm import OpenAIEngine, OpenAILLM
 from realtime_pipeline.tools import ToolChoice, as_registry
 
 pytestmark = pytest.mark.models
@@ -156,9 +161,29 @@ async def test_an_error_answer_names_the_url_the_status_and_the_body(llama_serve
 
 
 @pytest.fixture(scope="session")
-def local_engine(llama_server):
-    """The fallback engine."""
-    return OpenAIEngine(llama_server.base_url, max_tokens=24, temperature=0.0)
+def local_engine(llm):
+    """The fallback: the local llama.cpp engine (conftest's loaded SmolLM2)."""
+    return llm.engine
+
+
+@pytest.mark.anyio
+async def test_a_spoken_turn_is_answered_aloud_through_openai_llm(llama_server, asr, tts):
+    """WAV in, reply audio out, the reply streamed by the remote server; the trace names it."""
+    llm = OpenAILLM(llama_server.base_url, MODEL_NAME, max_tokens=40, temperature=0.0)
+    output = MemoryOutput(tts.output_sample_rate_hz)
+    pipeline = voice_pipeline(WavFileSource([SPEECH_DIR / "mfa_thoughts.wav"], realtime=False), output, asr=asr, llm=llm, tts=tts)
+    try:
+        with anyio.fail_after(HANG_GUARD_S):
+            await pipeline.run()
+    finally:
+        await pipeline.aclose()
+    responses = [item for item in pipeline.conversation.items if isinstance(item, Response)]
+    assert len(responses) == 1 and responses[0].status is ResponseStatus.DONE
+    assert "thousand thoughts" in normalize_text(responses[0].user_text) and responses[0].text.strip()
+    audio = output.audio(responses[0].id)
+    assert len(audio) / output.sample_rate_hz > 0.5 and speech_level_dbfs(audio, output.sample_rate_hz) > -30
+    trace = pipeline.tracer.turn(responses[0].turn_id)
+    assert trace.texts[LLM_ENGINE] == llm.remote.label and llama_server.base_url in trace.texts[LLM_ENGINE]
 
 
 def test_a_server_killed_mid_reply_is_answered_for_by_the_fallback_and_nothing_hangs(local_engine):
@@ -217,6 +242,31 @@ def test_a_frozen_server_is_answered_for_after_the_first_token_budget_then_skipp
     # The primary was too slow: the next turn does not wait for it again.
     assert isinstance(second[0], EngineSwitched) and second[0].reason.startswith(PRIMARY_DOWN)
     assert text_of(second[1:]).strip()
+
+
+@pytest.mark.anyio
+async def test_a_spoken_turn_on_a_frozen_server_is_answered_by_the_local_model_and_the_trace_says_so(asr, tts, local_engine):
+    with LlamaServer() as frozen:
+        llm = OpenAILLM(frozen.base_url, MODEL_NAME, max_tokens=40, fallback=local_engine, first_token_timeout_s=1.0)
+        output = MemoryOutput(tts.output_sample_rate_hz)
+        pipeline = voice_pipeline(WavFileSource([SPEECH_DIR / "mfa_thoughts.wav"], realtime=False), output, asr=asr, llm=llm, tts=tts)
+        switches = []
+        pipeline.conversation.add_listener(lambda event: switches.append(event) if isinstance(event, EngineSwitchedEvent) else None)
+        await pipeline.start()
+        frozen.freeze()
+        try:
+            with anyio.fail_after(HANG_GUARD_S):
+                await pipeline.run()
+        finally:
+            frozen.thaw()
+            await pipeline.aclose()
+    responses = [item for item in pipeline.conversation.items if isinstance(item, Response)]
+    assert len(responses) == 1 and responses[0].status is ResponseStatus.DONE and responses[0].text.strip()
+    assert len(output.audio(responses[0].id)) > 0
+    assert [(event.response, event.label) for event in switches] == [(responses[0], local_engine.label)]
+    assert switches[0].reason.startswith(NO_FIRST_TOKEN)
+    note = pipeline.tracer.turn(responses[0].turn_id).texts[LLM_ENGINE]
+    assert note.startswith(local_engine.label) and NO_FIRST_TOKEN in note
 
 
 def test_failover_start_fails_when_the_primary_is_unreachable(local_engine):

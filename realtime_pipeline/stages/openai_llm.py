@@ -25,8 +25,9 @@ from anyio.lowlevel import RunVar
 
 from ..cancellation import CancelToken
 from ..history_window import estimate_tokens
-from ..llm_engine import LLMEngineError, LLMPiece, LLMRequest, Messages, PromptTokens, TextPiece, ToolCallPiece
-from ..tools import ToolChoice
+from ..llm_engine import LLMEngine, LLMEngineError, LLMPiece, LLMRequest, Messages, PromptTokens, TextPiece, ToolCallPiece
+from ..responder import Responder, ToolsSpec
+from ..tools import ToolChoice, ToolChoiceSpec
 
 if TYPE_CHECKING:
     import httpx2 as httpx
@@ -336,6 +337,9 @@ class OpenAIEngine:
         return pieces
 
     # -- the rest of the protocol ---------------------------------------------------------
+    def check_tools(self, tools: Sequence[Any]) -> None:
+        """Nothing to check here: the server validates the schemas (an error answer names it)."""
+
     def count_tokens(self, text: str) -> int:
         """An over-estimate (:func:`~..history_window.estimate_tokens`): the server's tokenizer
         is a round trip away, and the history window counts on every turn."""
@@ -371,3 +375,46 @@ def describe(error: BaseException) -> str:
     """An httpx error as one line: its kind and message (some have an empty message)."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class OpenAILLM(Responder):
+    """The :class:`~..responder.Responder` on an :class:`OpenAIEngine`: ``OpenAILLM(base_url, model)``
+    wherever a pipeline takes its LLM stage (``voice_pipeline(llm=OpenAILLM(...))``).
+
+    ``fallback``: an engine that answers when the server is slow or fails (the local model:
+    ``LlamaEngine()``), through a :class:`~..failover.FailoverEngine` with
+    ``first_token_timeout_s``. ``engine_options`` are :class:`OpenAIEngine`'s (``api_key``,
+    ``temperature``, ``read_timeout_s``...); the rest are the responder's.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        *,
+        max_tokens: int = 120,
+        tools: ToolsSpec = None,
+        tool_choice: ToolChoiceSpec = "auto",
+        followup_tool_choice: ToolChoiceSpec = "auto",
+        max_tool_calls: int = 3,
+        speculate: bool = True,
+        score_end_of_turn: bool = True,
+        fallback: LLMEngine | None = None,
+        first_token_timeout_s: float = 1.5,
+        **engine_options: Any,
+    ) -> None:
+        from ..failover import FailoverEngine
+
+        self.remote = OpenAIEngine(base_url, model, max_tokens=max_tokens, **engine_options)
+        engine: LLMEngine = self.remote
+        if fallback is not None:
+            engine = FailoverEngine(self.remote, fallback, first_token_timeout_s=first_token_timeout_s)
+        super().__init__(
+            engine, max_tokens=max_tokens, tools=tools, tool_choice=tool_choice,
+            followup_tool_choice=followup_tool_choice, max_tool_calls=max_tool_calls,
+            speculate=speculate, score_end_of_turn=score_end_of_turn,
+        )
+
+    async def aclose(self) -> None:
+        """Close the server connections (a local fallback keeps its model, as engines are shared)."""
+        await self.engine.aclose()

@@ -16,19 +16,23 @@ from .stages.openai_llm import API_KEY_ENV, OpenAIEngine
 DEFAULT_FIRST_TOKEN_TIMEOUT_S = 1.5
 
 
-def add_remote_options(parser: argparse.ArgumentParser) -> None:
+def add_remote_options(parser: argparse.ArgumentParser, *, speech: bool = True) -> None:
+    """The ``--llm-*`` options, and with ``speech`` the ``--stt-*`` and ``--tts-*`` ones."""
     group = parser.add_argument_group(
         "remote models", "any OpenAI-compatible server (llama.cpp's llama-server or python -m llama_cpp.server, vLLM, Ollama, a cloud API)")
     group.add_argument("--llm-base-url", metavar="URL",
                        help="the LLM's Chat Completions API root, e.g. http://127.0.0.1:8080/v1 (default: the local llama.cpp model)")
     group.add_argument("--llm-model-name", metavar="NAME", help="the model to ask for (default: the first the server lists)")
+    also = ", for --stt-base-url and --tts-base-url too" if speech else ""
     group.add_argument("--llm-api-key", metavar="KEY", default=None,
-                       help=f"the server's API key (default: ${API_KEY_ENV[0]}, then ${API_KEY_ENV[1]}; none for a local server)")
+                       help=f"the server's API key{also} (default: ${API_KEY_ENV[0]}, then ${API_KEY_ENV[1]}; none for a local server)")
     group.add_argument("--llm-first-token-timeout-s", type=float, default=DEFAULT_FIRST_TOKEN_TIMEOUT_S, metavar="S",
                        help="with --llm-base-url: the local model answers a turn when the server gives no first token within this "
                        "long or fails (default %(default)s)")
     group.add_argument("--no-llm-fallback", dest="llm_fallback", action="store_false",
-                       help="with --llm-base-url: no local model; a server failure fails the reply")
+                       help="with --llm-base-url: no local model (a server failure is an error)")
+    if not speech:
+        return
     group.add_argument("--stt-base-url", metavar="URL", help="transcribe on this server's /audio/transcriptions (default: local faster-whisper)")
     group.add_argument("--stt-model-name", metavar="NAME", default="whisper-1")
     group.add_argument("--tts-base-url", metavar="URL", help="synthesize on this server's /audio/speech (default: local Piper)")
@@ -40,7 +44,7 @@ def check_remote_options(parser: argparse.ArgumentParser, args: argparse.Namespa
     if args.llm_first_token_timeout_s <= 0:
         parser.error("--llm-first-token-timeout-s must be positive")
     for name in ("llm_base_url", "stt_base_url", "tts_base_url"):
-        url = getattr(args, name)
+        url = getattr(args, name, None)
         if url and not url.startswith(("http://", "https://")):
             parser.error(f"--{name.replace('_', '-')} must start with http:// or https://, got {url!r}")
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import SPEECH_DIR, normalize_text
 from llama_server import MODEL_NAME, LlamaServer
-from realtime_pipeline import MemoryOutput, ResponseStatus, WavFileSource, voice_pipeline
+from test_cli import run_cli
+from realtime_pipeline import MemoryOutput, ResponseStatus, WavFileSource, read_wav, voice_pipeline
 from realtime_pipeline.audio import speech_level_dbfs
 from realtime_pipeline.response import Response
 from realtime_pipeline.responder import LLM_ENGINE, EngineSwitchedEvent
@@ -301,3 +302,22 @@ def test_the_request_body_carries_native_tools_and_the_choice():
     call = {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]}
     assert engine.payload(LLMRequest([call]))["messages"][0]["content"] == ""
     json.dumps(body)  # all of it is JSON
+
+
+def test_the_cli_answers_through_the_remote_server_with_one_option(llama_server, tmp_path):
+    reply = tmp_path / "reply.wav"
+    result = run_cli("--input", str(SPEECH_DIR / "mfa_thoughts.wav"), "--output", str(reply), "--fast",
+                     "--llm-base-url", llama_server.base_url, "--no-llm-fallback", "--max-tokens", "24", timeout_s=180)
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("assistant: ") and line.strip() != "assistant:" for line in result.stdout.splitlines())
+    samples, rate = read_wav(reply)
+    assert len(samples) / rate > 0.5
+
+
+def test_the_cli_names_a_wrong_llm_url_in_one_error_line(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = run_cli("--input", str(SPEECH_DIR / "mfa_thoughts.wav"), "--output", str(tmp_path / "reply.wav"), "--fast",
+                     "--llm-base-url", url, "--no-llm-fallback", timeout_s=180)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0], result.stderr

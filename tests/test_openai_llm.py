@@ -321,3 +321,44 @@ def test_the_cli_names_a_wrong_llm_url_in_one_error_line(tmp_path):
     assert result.returncode != 0 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and url in errors[0], result.stderr
+
+
+@pytest.mark.anyio
+async def test_four_concurrent_realtime_sessions_each_complete_a_spoken_turn_on_the_remote_llm(llama_server, engines):
+    """The Realtime server's replies from the model server (one engine shared by the sessions)."""
+    from openai import AsyncOpenAI
+    from server_support import Client, RunningServer, speech_24k
+
+    from realtime_pipeline.server import Engines, ServerOptions
+
+    remote = OpenAIEngine(llama_server.base_url, MODEL_NAME, max_tokens=24, temperature=0.0)
+    served = Engines(asr=engines.asr, llm=remote, tts=engines.tts, smart_turn=engines.smart_turn)
+    await served.llm.start()
+    clips = ["ps_goforward.wav", "ps_forever_2.wav", "ps_cards_001.wav", "mfa_thoughts.wav"]
+    done: dict[str, dict] = {}
+
+    async def talk(url: str, clip: str) -> None:
+        sdk = AsyncOpenAI(api_key="local", websocket_base_url=url)
+        async with sdk.realtime.connect(model="gpt-realtime") as connection:
+            client = Client(connection, "ga")
+            await client.until("session.created", 30)
+            await client.send({"type": "session.update", "session": {"type": "realtime", "instructions": "Answer in a few words.", "max_output_tokens": 16}})
+            await client.until("session.updated", 30)
+            await client.append_audio(speech_24k(clip))
+            done[clip] = {"done": await client.until("response.done", 180), "events": client.events}
+
+    try:
+        with RunningServer(served, ServerOptions(max_sessions=4)) as server:
+            with anyio.fail_after(300):
+                async with anyio.create_task_group() as group:
+                    for clip in clips:
+                        group.start_soon(talk, server.base_url, clip)
+    finally:
+        await remote.aclose()
+    assert sorted(done) == sorted(clips)
+    for clip, turn in done.items():
+        response = turn["done"]["response"]
+        assert response["status"] == "completed", (clip, response)
+        audio_bytes = sum(len(event["delta"]) * 3 // 4 for event in turn["events"] if event["type"] == "response.output_audio.delta")
+        assert audio_bytes > 24_000 * 2 * 0.3, clip  # at least 0.3 s of 24 kHz pcm16
+        assert response["output"][0]["content"][0]["transcript"].strip()

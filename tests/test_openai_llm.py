@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from conftest import SPEECH_DIR, normalize_text
-from llama_server import MODEL_NAME, LlamaServer
+from benchmarks.llama_server import MODEL_NAME, LlamaServer
 from test_cli import run_cli
 from realtime_pipeline import MemoryOutput, ResponseStatus, WavFileSource, read_wav, voice_pipeline
 from realtime_pipeline.audio import speech_level_dbfs

@@ -1,15 +1,19 @@
 """An LLM engine on any OpenAI-compatible Chat Completions server (llama.cpp's, vLLM, Ollama, a cloud API).
 
 :class:`OpenAIEngine` speaks ``POST {base_url}/chat/completions`` with ``stream: true`` (server-sent
-events) and native ``tools`` / ``tool_choice``, on httpx2 (httpx's successor, the client the ``openai`` SDK itself runs on) rather than the SDK:
-the SDK retries 5xx and 429 answers with backoff (seconds a speaking user would wait) and hides
-the per-read timeout behind one overall one; here a retry happens only before the first byte
-(the connection failed or a proxy said 502/503/504), every read of the stream is bounded by
-``read_timeout_s`` (a server killed or frozen mid-reply ends the stream promptly), and closing
-the stream closes its HTTP connection, which tells the server to stop generating.
+events) and native ``tools`` / ``tool_choice``. It runs on httpx2 (httpx's successor, the client the
+``openai`` SDK itself runs on) rather than on the SDK: the SDK retries 5xx and 429 answers with
+backoff (seconds a speaking user would wait) and has one overall timeout; here a retry happens only
+before the first byte (the connection failed, or a proxy said 502/503/504), every read of the
+stream is bounded by ``read_timeout_s`` (a server killed or frozen mid-reply ends the stream
+promptly), and closing the stream closes its HTTP connection, which tells the server to stop.
+
+What servers honour varies: ``python -m llama_cpp.server`` (llama-cpp-python 0.3.36) with a GGUF
+chat template streams tool calls for a named ``tool_choice`` only (it ignores ``auto`` and
+``required``: the model writes text); vLLM and the OpenAI API honour all four.
 
 :class:`OpenAILLM` is the :class:`~..responder.Responder` on it: ``OpenAILLM(base_url, model)``
-where a pipeline takes an LLM stage (``voice_pipeline(llm=...)``).
+where a pipeline takes its LLM stage (``voice_pipeline(llm=...)``).
 """
 
 from __future__ import annotations
@@ -383,8 +387,9 @@ class OpenAILLM(Responder):
 
     ``fallback``: an engine that answers when the server is slow or fails (the local model:
     ``LlamaEngine()``), through a :class:`~..failover.FailoverEngine` with
-    ``first_token_timeout_s``. ``engine_options`` are :class:`OpenAIEngine`'s (``api_key``,
-    ``temperature``, ``read_timeout_s``...); the rest are the responder's.
+    ``first_token_timeout_s``; a refused connection then goes to the fallback at once
+    (``connect_retries`` 0 unless given). ``engine_options`` are :class:`OpenAIEngine`'s
+    (``api_key``, ``temperature``, ``read_timeout_s``...); the rest are the responder's.
     """
 
     def __init__(
@@ -405,6 +410,8 @@ class OpenAILLM(Responder):
     ) -> None:
         from ..failover import FailoverEngine
 
+        if fallback is not None:
+            engine_options.setdefault("connect_retries", 0)
         self.remote = OpenAIEngine(base_url, model, max_tokens=max_tokens, **engine_options)
         engine: LLMEngine = self.remote
         if fallback is not None:

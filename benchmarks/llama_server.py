@@ -1,4 +1,4 @@
-"""A real OpenAI-compatible model server for the tests: ``python -m llama_cpp.server`` (the
+"""A real OpenAI-compatible model server for the tests and benchmarks: ``python -m llama_cpp.server`` (the
 llama-cpp-python ``[server]`` extra) serving the embedded SmolLM2 GGUF on 127.0.0.1 and a free port."""
 
 from __future__ import annotations

@@ -17,6 +17,14 @@ on 127.0.0.1 and a free port:
   audio (218 s by default: the case that held Whisper 38.6 s before slicing); another session's
   spoken turn then gives its ``first_audio_s``, compared with the same turn alone.
 
+* **remote LLM** (``--llm-base-url URL``, or ``--llm-server`` to start ``python -m
+  llama_cpp.server`` on the embedded model for the run): the same levels with every session's
+  replies from that server (``--no-llm-fallback``: no local model at all; else the local model
+  answers turns the server is too slow for, ``--llm-first-token-timeout-s``).
+* **failover** (``--failover``, with ``--llm-server``): one session's first audio per turn with
+  the server answering, then frozen (SIGSTOP: it accepts connections and says nothing), then
+  killed; the local model answers for it.
+
 ``python -m benchmarks.server_load`` (``--help``); run it alone on the machine (it measures
 latency under load it makes itself) and say how loaded the machine was (``uptime``).
 """
@@ -43,7 +51,10 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks.llama_server import LlamaServer
 from realtime_pipeline.audio import read_wav, resample
+from realtime_pipeline.remote_options import add_remote_options, check_remote_options, remote_llm_engine
+from realtime_pipeline.stages.llm import LlamaEngine
 from realtime_pipeline.server import Engines, ServerOptions, SessionOptions, create_app, uvicorn_config
 from realtime_pipeline.server.app import DEFAULT_MAX_SESSIONS, free_port
 
@@ -294,6 +305,31 @@ async def run_event_loop_check(url: str, tools: int) -> float:
     return worst
 
 
+async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: int, max_tokens: int) -> dict[str, list[float | None]]:
+    """One session's first audio per turn: the LLM server answering, frozen, then killed. Before
+    the kill the failover forgets the frozen server (its first turn then meets the dead one)."""
+    phases: dict[str, list[float | None]] = {}
+    speech = {name: clip_24k(name) for name in CLIPS}
+    async with connect(url, max_size=None) as ws:
+        await open_session(ws, max_tokens)
+        stream = Stream()
+        for phase in ("answering", "frozen", "killed"):
+            if phase == "frozen":
+                server.freeze()
+            elif phase == "killed":
+                server.kill()
+                health = getattr(engines.llm, "health", None)
+                if health is not None:
+                    health.answered()
+            phases[phase] = []
+            for number in range(turns):
+                turn = Turn(0, CLIPS[number % len(CLIPS)])
+                await spoken_turn(ws, turn, speech[turn.clip], stream)
+                phases[phase].append(turn.first_audio_s)
+                await anyio.sleep(0.5)
+    return phases
+
+
 def seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -308,23 +344,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-loop-check", dest="loop_check", action="store_false", help="skip the 128 / 10,000-tool session.update check")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH")
+    parser.add_argument("--llm-server", action="store_true",
+                        help="start python -m llama_cpp.server on the embedded model for the run and use it (--llm-base-url)")
+    parser.add_argument("--llm-server-threads", type=int, default=2, help="the model server's threads (default 2)")
+    parser.add_argument("--failover", action="store_true", help="with --llm-server: the failover scenario (--turns turns per phase)")
+    add_remote_options(parser, speech=False)
     args = parser.parse_args(argv)
+    check_remote_options(parser, args)
+    if args.failover and not args.llm_server:
+        parser.error("--failover needs --llm-server (it freezes and kills that server)")
     levels = [int(n) for n in args.sessions.split(",") if n.strip()]
     if any(n < 1 or n > args.max_sessions for n in levels) or not 1 <= args.turns <= 20:
         parser.error("levels must be 1..--max-sessions and --turns 1..20")
 
-    engines = Engines.create(seed=args.seed)
-    anyio.run(engines.load)
-    load_before = os.getloadavg()
-    results: list[LevelResult] = []
-    stall: dict[str, Any] | None = None
-    with Server(engines, ServerOptions(max_sessions=args.max_sessions, session=SessionOptions())) as server:
-        for n in levels:
-            results.append(anyio.run(run_level, server.url, n, args.turns, args.max_tokens, args.seed, n == args.max_sessions))
-        if args.stall_audio_s > 0:
-            stall = anyio.run(run_stall, server.url, args.stall_audio_s, args.max_tokens)
-        loop_blocked = {n: anyio.run(run_event_loop_check, server.url, n) for n in (128, 10_000)} if args.loop_check else {}
-    load_after = os.getloadavg()
+    model_server = LlamaServer(threads=args.llm_server_threads).start() if args.llm_server else None
+    try:
+        if model_server is not None:
+            args.llm_base_url = model_server.base_url
+        remote = remote_llm_engine(args, lambda: LlamaEngine(seed=args.seed), max_tokens=args.max_tokens)
+        engines = Engines.create(seed=args.seed, llm=remote)
+        anyio.run(engines.load)
+        load_before = os.getloadavg()
+        results: list[LevelResult] = []
+        stall: dict[str, Any] | None = None
+        failover: dict[str, list[float | None]] | None = None
+        with Server(engines, ServerOptions(max_sessions=args.max_sessions, session=SessionOptions())) as server:
+            for n in levels:
+                results.append(anyio.run(run_level, server.url, n, args.turns, args.max_tokens, args.seed, n == args.max_sessions))
+            if args.stall_audio_s > 0:
+                stall = anyio.run(run_stall, server.url, args.stall_audio_s, args.max_tokens)
+            loop_blocked = {n: anyio.run(run_event_loop_check, server.url, n) for n in (128, 10_000)} if args.loop_check else {}
+            if args.failover and model_server is not None:
+                failover = anyio.run(run_failover, server.url, model_server, engines, args.turns, args.max_tokens)
+        load_after = os.getloadavg()
+    finally:
+        if model_server is not None:
+            model_server.__exit__(None, None, None)
+    print(f"LLM: {engines.llm.label}" + ("" if not args.llm_base_url or not args.llm_fallback
+                                          else f" (the local model answers after {args.llm_first_token_timeout_s:g} s without a first token)"))
 
     base = results[0].p50("first_audio_s") if results else None
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min); {os.cpu_count()} CPUs")
@@ -340,11 +397,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stall: another session's first audio {stall['first_audio_alone_s']:.2f} s alone, "
               f"{stall['first_audio_during_long_item_s']:.2f} s while a {stall['audio_s']:.0f} s item is transcribed "
               f"(+{stall['stall_s']:.2f} s); the long item took {stall.get('long_item_transcription_s', float('nan')):.1f} s")
+    if failover is not None:
+        for phase, values in failover.items():
+            print(f"failover: the LLM server {phase}: first audio per turn " + ", ".join(seconds(v) for v in values) + " s")
     for n, worst in loop_blocked.items():
         print(f"event loop: another session's longest wait {worst * 1000:.0f} ms while one sends {n} tools in session.update")
     if args.json:
         args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after, "levels": [asdict(r) for r in results],
-                                         "stall": stall, "loop_blocked_s": loop_blocked}, indent=2))
+                                         "stall": stall, "loop_blocked_s": loop_blocked,
+                                         "llm": engines.llm.label, "failover": failover}, indent=2))
     return 0
 
 

@@ -20,7 +20,11 @@ from .models import ModelNotFoundError, voice_model_file, voice_sample_rate_hz
 from .pipeline import Pipeline, StageError
 from .stage import Stage
 from .stages.asr import WhisperASR
-from .stages.llm import LlamaLLM
+from .llm_engine import LLMEngineError
+from .remote_options import add_remote_options, check_remote_options, remote_llm_engine
+from .responder import Responder
+from .stages.llm import LlamaEngine, LlamaLLM
+from .stages.remote_speech import RemoteASR, RemoteSpeechError, RemoteTTS
 from .stages.tts import PiperTTS
 from .stages.vad import VADSettings
 from .turn_taking import TurnTakingSettings
@@ -52,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    add_remote_options(parser)
     return parser
 
 
@@ -81,11 +86,33 @@ def build(args: argparse.Namespace) -> Pipeline:
         source,
         output,
         vad=vad_settings(args),
-        asr=WhisperASR(args.asr_model, cpu_threads=args.threads),
-        llm=LlamaLLM(args.llm_model, n_threads=args.threads, max_tokens=args.max_tokens),
-        tts=PiperTTS(args.voice, output_sample_rate_hz=output.sample_rate_hz),
+        asr=build_asr(args),
+        llm=build_llm(args),
+        tts=build_tts(args, output.sample_rate_hz),
         conversation=conversation,
     )
+
+
+def build_llm(args: argparse.Namespace) -> Responder:
+    """The local llama.cpp model, or with ``--llm-base-url`` the remote one (the local model its fallback)."""
+    local = lambda: LlamaEngine(args.llm_model, n_threads=args.threads, max_tokens=args.max_tokens)  # noqa: E731
+    remote = remote_llm_engine(args, local, max_tokens=args.max_tokens)
+    if remote is None:
+        return LlamaLLM(args.llm_model, n_threads=args.threads, max_tokens=args.max_tokens)
+    return Responder(remote, max_tokens=args.max_tokens)
+
+
+def build_asr(args: argparse.Namespace) -> WhisperASR:
+    if args.stt_base_url:
+        return RemoteASR(args.stt_base_url, args.stt_model_name, api_key=args.llm_api_key)
+    return WhisperASR(args.asr_model, cpu_threads=args.threads)
+
+
+def build_tts(args: argparse.Namespace, output_rate_hz: int) -> PiperTTS:
+    if args.tts_base_url:
+        return RemoteTTS(args.tts_base_url, args.tts_model_name, args.tts_voice, output_sample_rate_hz=output_rate_hz,
+                         api_key=args.llm_api_key)
+    return PiperTTS(args.voice, output_sample_rate_hz=output_rate_hz)
 
 
 def attach_printer(pipeline: Pipeline) -> None:
@@ -123,13 +150,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .server.__main__ import main as serve
 
         return serve(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_remote_options(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         anyio.run(converse, args)
     except StageError as error:
         cause = error.error
-        if isinstance(cause, (AudioFormatError, ModelNotFoundError, AudioDeviceError)):
+        if isinstance(cause, (AudioFormatError, ModelNotFoundError, AudioDeviceError, LLMEngineError, RemoteSpeechError)):
             print(f"error: {cause}", file=sys.stderr)
         else:
             print(f"error: {error}", file=sys.stderr)

@@ -11,7 +11,10 @@ from collections.abc import Sequence
 import anyio
 import uvicorn
 
+from ..llm_engine import LLMEngineError
 from ..models import ModelNotFoundError
+from ..remote_options import add_remote_options, check_remote_options, remote_llm_engine
+from ..stages.llm import LlamaEngine
 from .app import DEFAULT_HOST, DEFAULT_MAX_SESSIONS, DEFAULT_PORT, ServerOptions, create_app, uvicorn_config
 from .engines import Engines
 from .session import SessionOptions
@@ -39,11 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ssl-certfile", metavar="PEM", help="serve wss:// (TLS) with this certificate chain (the Node openai SDK connects with wss:// only)")
     parser.add_argument("--ssl-keyfile", metavar="PEM", help="the certificate's private key (default: in --ssl-certfile)")
     parser.add_argument("--verbose", "-v", action="store_true")
+    add_remote_options(parser, speech=False)
     return parser
 
 
 async def serve(args: argparse.Namespace) -> None:
-    engines = Engines.create(asr_model=args.asr_model, llm_model=args.llm_model, voice=args.voice, threads=args.threads)
+    # With --llm-base-url every session's replies come from that server (one engine shared by all),
+    # the local model answering for it when it is slow or down (unless --no-llm-fallback).
+    local = lambda: LlamaEngine(args.llm_model, n_threads=args.threads)  # noqa: E731
+    remote = remote_llm_engine(args, local, max_tokens=120)  # the local engine's cap; sessions set max_output_tokens
+    engines = Engines.create(asr_model=args.asr_model, llm_model=args.llm_model, voice=args.voice, threads=args.threads, llm=remote)
     print("loading and warming up the models...", file=sys.stderr, flush=True)
     await engines.load()
     options = ServerOptions(
@@ -61,6 +69,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_remote_options(parser, args)
     if args.max_sessions < 0:
         parser.error("--max-sessions must be 0 (no limit) or more")
     if args.ssl_keyfile and not args.ssl_certfile:
@@ -71,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         anyio.run(serve, args)
-    except ModelNotFoundError as error:
+    except (ModelNotFoundError, LLMEngineError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -273,3 +273,50 @@ async def test_bad_requests_get_a_json_error(server):
         assert page.status_code == 200 and "app.js" in page.text
     assert not registry(server).calls  # no half-made call left behind
     await client.close()
+
+
+async def test_calls_take_a_session_slot(engines):
+    """A call is a session of ``--max-sessions``: a second one is refused while the first lives, as a
+    WebSocket session would be, and the slot is free again after a hang-up, whatever way it ends."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    with RunningServer(engines, ServerOptions(max_sessions=1)) as limited:
+        admission = limited.server.config.app.state.admission
+        client = AsyncOpenAI(api_key="none", base_url=http_url(limited), max_retries=0)
+        first = Peer()
+        raw = await client.realtime.calls.with_raw_response.create(sdp=await first.offer())
+        await first.accept(raw.http_response.text)
+        _, limits = await first.until("rate_limits.updated", 30)
+        assert {"name": "requests", "limit": 1, "remaining": 0, "reset_seconds": 0.0} in limits["rate_limits"]
+        assert admission.active == 1
+
+        second = Peer()
+        offer = await second.offer()
+        with pytest.raises(openai.RateLimitError) as refused:  # 429, the WebSocket's error
+            await client.realtime.calls.create(sdp=offer)
+        assert refused.value.body["code"] == "session_limit_reached" and "1 sessions" in refused.value.body["message"]  # type: ignore[index]
+        assert refused.value.response.headers["retry-after"] == "1"
+        async with ws_connect(f"{limited.base_url}/realtime") as websocket:  # the slot is the WebSocket's too
+            assert json.loads(await websocket.recv())["error"]["code"] == "session_limit_reached"
+        with pytest.raises(openai.BadRequestError):  # a bad offer takes no slot: the limit is checked after parsing
+            await client.realtime.calls.create(sdp="hello")
+        assert admission.active == 1
+
+        # hang-up by the endpoint frees the slot: the refused offer is accepted now
+        call_id = raw.headers["location"].rsplit("/", 1)[-1]
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"{http_url(limited)}/realtime/calls/{call_id}/hangup")).status_code == 200
+        await first.pc.close()
+        assert admission.active == 0
+        answer = await client.realtime.calls.create(sdp=offer)
+        await second.accept(answer)
+        await second.until("session.created", 30)
+        assert admission.active == 1
+
+        # hang-up by the peer (it closes) frees it too
+        await second.pc.close()
+        with anyio.fail_after(30):
+            while admission.active:
+                await anyio.sleep(0.05)
+        assert not registry(limited).calls
+        await client.close()

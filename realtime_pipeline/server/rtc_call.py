@@ -38,7 +38,6 @@ from ..audio import INPUT_SAMPLE_RATE_HZ
 from ..conversation import ResponseDone, ResponseInterrupted, ResponsePaused, ResponseStarted
 from ..frames import TranscriptFinal
 from ..tracing import ASR_FINAL, FIRST_SAMPLE_PLAYED, LLM_FIRST_TOKEN, TTS_FIRST_AUDIO, TURN_COMMITTED, USER_SPEECH_END
-from .client_events import MAX_PENDING_S
 from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
 from .protocol import Dialect, ProtocolError, new_id
 from .responses import ResponseState
@@ -176,23 +175,16 @@ class WebRTCSession(RealtimeSession):
     """A Realtime session whose audio goes through the call's tracks instead of audio events."""
 
     def __init__(self, engines: Engines, dialect: Dialect, send_json: Callable[[str], Any], *,
-                 model: str | None, options: SessionOptions, latency_events: bool) -> None:
+                 model: str | None, options: SessionOptions, latency_events: bool,
+                 rate_limit: Callable[[], dict[str, Any] | None] | None = None) -> None:
         # The track plays in real time, so the player must be paced for barge-in to know what was heard.
-        super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True))
+        super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True),
+                         rate_limit=rate_limit)
         self.track = ReplyTrack(self._on_track_event)
         self.latency_events = latency_events
         self._user_turn: int | None = None
         self._turns: dict[str, tuple[int, int | None]] = {}  # response id → (its turn, the user turn it answers)
         self._last_response_id: str | None = None
-
-    # -- input ------------------------------------------------------------------------
-    def feed_microphone(self, samples: np.ndarray) -> None:
-        """16 kHz microphone audio: into the pipeline (VAD) and the buffer a manual commit takes."""
-        self._pending_audio.append(samples)
-        self._pending_samples += len(samples)
-        while self._pending_samples > MAX_PENDING_S * INPUT_SAMPLE_RATE_HZ and len(self._pending_audio) > 1:
-            self._pending_samples -= len(self._pending_audio.pop(0))
-        self._audio_send.send_nowait(samples)
 
     async def handle(self, text: str) -> None:
         try:
@@ -321,12 +313,14 @@ class Call:
 
     async def _close(self) -> None:
         self.hang_up()
-        self.session.track.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
-        self._on_closed(self)
+        try:
+            self.session.track.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.pc.close()
+        finally:
+            self._on_closed(self)  # frees the session slot, whatever happened above
 
     # -- events in and out ------------------------------------------------------------
     async def send_json(self, text: str) -> bool:
@@ -385,7 +379,7 @@ class Call:
                 return
             frame.pts = None  # resample by content: the RTP clock may jump after loss
             for out in resampler.resample(frame):
-                self.session.feed_microphone(out.to_ndarray().reshape(-1).astype(np.int16))
+                self.session.input_audio(out.to_ndarray().reshape(-1).astype(np.int16))
 
 
 def parse_session_config(session: WebRTCSession, spec: Mapping[str, Any]) -> None:

@@ -6,17 +6,22 @@ const $ = (id) => document.getElementById(id);
 const VOICED_RMS = 0.02;      // mic / reply level counted as sound (full scale = 1)
 const REPLY_GAP_MS = 400;     // reply silence that ends one reply's sound
 const GATHER_TIMEOUT_MS = 3000;
+// Epoch milliseconds (the system clock, as the server's time.time()), so a test on the same machine can line the
+// page's instants up with the server's.
+const clock = () => performance.timeOrigin + performance.now();
 
 const page = {
   pc: null, channel: null, mic: null, audio: null, callUrl: null,
-  lastVoicedAt: null,          // performance.now() of the mic's last voiced poll
+  lastVoicedAt: null,          // clock() of the mic's last voiced poll
   replySounding: false, replyQuietSince: 0, pendingOnset: null,
   turns: new Map(),            // response_id -> {row, browserMs, serverMs}
   items: new Map(),            // item_id -> <li>
   responses: new Map(),        // response_id -> <li>
   timers: [],
-  // For tests and the curious: what the page measured.
+  // For tests and the curious: what the page measured; with window.rpTrace set before the page loads,
+  // every level poll too ([clock ms, mic RMS, reply RMS]).
   measurements: [],
+  trace: [],
 };
 window.rp = page;
 
@@ -92,7 +97,7 @@ function renderTurn(turn) {
   const cells = turn.row.cells;
   const s = turn.server || {};
   [s.endpoint, s.asr, s.llm, s.tts, s.voice_to_voice, turn.browserMs].forEach((v, i) => { cells[i + 1].textContent = fmt(v); });
-  if (turn.measurement) turn.measurement.browser_ms = turn.browserMs;
+  if (turn.measurement) Object.assign(turn.measurement, { browser_ms: turn.browserMs, ...turn.instants });
 }
 
 // -- server events -------------------------------------------------------------------
@@ -132,9 +137,10 @@ function onEvent(event) {
     }
     case "output_audio_buffer.started": {
       const turn = turnRow(event.response_id);
-      turn.startedAt = performance.now();
+      turn.startedAt = clock();
       if (page.pendingOnset && turn.startedAt - page.pendingOnset.at < 1500) {
         turn.browserMs = page.pendingOnset.ms;
+        turn.instants = page.pendingOnset.instants;
         page.pendingOnset = null;
         renderTurn(turn);
       }
@@ -148,7 +154,7 @@ function onEvent(event) {
     case "realtime_pipeline.turn_latency": {
       const turn = turnRow(event.response_id);
       turn.server = event.latency_ms;
-      turn.measurement = { response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs };
+      turn.measurement = { response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs, ...turn.instants };
       page.measurements.push(turn.measurement);
       renderTurn(turn);
       break;
@@ -177,18 +183,20 @@ function analyser(context, stream) {
 
 function watchLevels(micLevel, replyLevel) {
   page.timers.push(setInterval(() => {
-    const now = performance.now();
+    const now = clock();
     const mic = micLevel();
     $("level").style.width = `${Math.min(100, Math.sqrt(mic) * 220)}%`;
     if (mic > VOICED_RMS) page.lastVoicedAt = now;
+    const reply = replyLevel ? replyLevel() : 0;
+    if (window.rpTrace) page.trace.push([now, mic, reply]);
     if (!replyLevel) return;
-    const reply = replyLevel();
     if (reply > VOICED_RMS) {
       if (!page.replySounding && page.lastVoicedAt !== null) {
         // first reply sound after the user's last voiced sample: this browser's voice-to-voice
-        const onset = { at: now, ms: now - page.lastVoicedAt };
+        const instants = { mic_last_voiced_at_ms: page.lastVoicedAt, reply_onset_at_ms: now };
+        const onset = { at: now, ms: now - page.lastVoicedAt, instants };
         const turn = page.current && page.turns.get(page.current);
-        if (turn && turn.browserMs === null) { turn.browserMs = onset.ms; renderTurn(turn); }
+        if (turn && turn.browserMs === null) { turn.browserMs = onset.ms; turn.instants = instants; renderTurn(turn); }
         else page.pendingOnset = onset;
       }
       page.replySounding = true;
@@ -202,14 +210,17 @@ function watchLevels(micLevel, replyLevel) {
 async function linkStats() {
   if (!page.pc) return null;
   const stats = await page.pc.getStats();
-  let inbound = null, pair = null;
+  let inbound = null, pair = null, playout = null;
   stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s;
+    if (s.type === "media-playout") playout = s;
     if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
   });
   const out = {
     totalAudioEnergy: inbound ? inbound.totalAudioEnergy || 0 : 0,
     jitterBufferMs: inbound && inbound.jitterBufferEmittedCount ? 1000 * inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount : null,
+    playoutDelayMs: playout && playout.totalSamplesCount ? 1000 * playout.totalPlayoutDelay / playout.totalSamplesCount : null,
+    audioContextLatencyMs: page.audio ? 1000 * ((page.audio.baseLatency || 0) + (page.audio.outputLatency || 0)) : null,
     packetsLost: inbound ? inbound.packetsLost : null,
     rttMs: pair && pair.currentRoundTripTime !== undefined ? 1000 * pair.currentRoundTripTime : null,
   };
@@ -238,6 +249,7 @@ async function connect() {
     page.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
+    page.micOpenedAt = clock();
   } catch (error) {
     showError(describeMediaError(error));
     $("connect").disabled = false;

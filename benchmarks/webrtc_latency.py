@@ -17,13 +17,14 @@ turn the instants below are put on the system clock (the page's
   as it arrived) and ``first_sample_played`` (the in-process voice-to-voice is
   ``F - V``);
 - ``F1``, ``L``: the reply track's first frame of the response, and its first
-  frame louder than the page's threshold (0.02 RMS), as handed to aiortc;
-- ``R``: the page's first reply poll above the threshold.
+  frame with sound (above -60 dBFS, the page's reply threshold), as handed to aiortc;
+- ``R``: the page's first reply poll above that threshold.
 
 WebRTC's own share is ``(S_in - T0) + (F1 - F) + (R - L)``: the way in, the
 track's wait for its next 20 ms tick, and the way out (Opus, loopback, the
 browser's jitter buffer, playout, the page's analyser). ``L - F1`` is the
-reply's quiet start, which a loudspeaker plays after ``F`` in process too.
+reply's silent start (the TTS's leading zeros), which a loudspeaker would play after ``F`` in
+process too. ``old_page_*`` replays the page's former rule (a fixed 0.02 RMS at both ends) on its polls.
 
     flock /tmp/rp-bench.lock python -m benchmarks.webrtc_latency --json /tmp/webrtc_latency.json
 """
@@ -31,6 +32,7 @@ reply's quiet start, which a loudspeaker plays after ``F`` in process too.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -58,8 +60,10 @@ CHROMIUM_ARGS = [
     "--allow-loopback-in-peer-connection", "--autoplay-policy=no-user-gesture-required",
 ]
 MIC_RATE_HZ = 48_000
-#: The page's level threshold (app.js ``VOICED_RMS``), full scale = 1.
-VOICED_RMS = 0.02
+#: The page's reply onset (app.js ``REPLY_ONSET_RMS``), full scale = 1: above the track's digital silence.
+REPLY_ONSET_RMS = 0.001
+#: The page's former threshold for both ends (0.02 RMS): here, where the reply gets loud.
+LOUD_RMS = 0.02
 #: The page's analyser window (app.js ``fftSize``), at the AudioContext's rate.
 ANALYSER_SAMPLES = 512
 DEFAULT_CLIPS = ("ps_librivox_0880.wav", "ps_librivox_0870.wav", "ps_cards_001.wav", "ps_goforward.wav",
@@ -97,8 +101,12 @@ def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0
 
 
 async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, screenshot: Path | None = None, *,
-                           trace: bool = False, key: str = "local") -> dict[str, Any]:
-    """Open the page, connect, wait for ``turns`` answered turns; returns what the page measured and showed."""
+                           trace: bool = False, key: str = "local", timeout_s: float | None = None) -> dict[str, Any]:
+    """Open the page, connect, wait for ``turns`` answered turns; returns what the page measured and showed.
+
+    With ``timeout_s``, what was measured by then is returned (a turn may go unanswered); without, all
+    ``turns`` must be answered (60 s each).
+    """
     from playwright import async_api
 
     async with async_api.async_playwright() as p:
@@ -120,11 +128,13 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
             try:
                 await page.wait_for_function(
                     f"rp.measurements.length >= {turns} && rp.measurements.slice(0, {turns}).every(m => m.browser_ms !== null)",
-                    timeout=60_000 * turns)
+                    timeout=1000 * timeout_s if timeout_s else 60_000 * turns)
             except async_api.Error:
                 state = await page.evaluate("JSON.stringify({m: rp.measurements, log: document.querySelector('#log').innerText,"
                                             " state: document.querySelector('#state').innerText, err: document.querySelector('#error').innerText})")
-                raise AssertionError(f"the page did not complete {turns} turn(s): {state}") from None
+                if not timeout_s:
+                    raise AssertionError(f"the page did not complete {turns} turn(s): {state}") from None
+                print(f"the page completed fewer than {turns} turns in {timeout_s:.0f} s; measuring those: {state}", file=sys.stderr)
             await page.wait_for_function("document.querySelectorAll('#log li.assistant').length >= 1", timeout=30_000)
             await anyio.sleep(1.0)
             result = {
@@ -154,12 +164,13 @@ class Probe:
     sessions: list[Any] = field(default_factory=list)
     inputs: dict[str, list[tuple[float, np.ndarray]]] = field(default_factory=dict)  # session id -> (arrival, 16 kHz)
     frames: list[tuple[float, str | None, float]] = field(default_factory=list)  # (handed to aiortc, response, RMS 0..1)
+    events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)  # server events of the turns
 
     def install(self) -> None:
         from realtime_pipeline.server.rtc_call import ReplyTrack, WebRTCSession
 
         probe = self
-        init, feed, take = WebRTCSession.__init__, WebRTCSession.input_audio, ReplyTrack._take
+        init, feed, take, emit = WebRTCSession.__init__, WebRTCSession.input_audio, ReplyTrack._take, WebRTCSession.emit
 
         def session_init(session: Any, *args: Any, **kwargs: Any) -> None:
             init(session, *args, **kwargs)
@@ -175,6 +186,14 @@ class Probe:
             probe.frames.append((time.monotonic(), track._playing, rms))
             return out
 
+        def emit_event(session: Any, event_type: str, /, **fields: Any) -> None:
+            if event_type.startswith(("input_audio_buffer.speech", "response.done", "output_audio_buffer")):
+                detail = fields.get("response", fields)
+                probe.events.append((time.monotonic(), event_type, {k: detail.get(k) for k in (
+                    "id", "status", "status_details", "response_id", "audio_start_ms", "audio_end_ms") if k in detail}))
+            emit(session, event_type, **fields)
+
+        WebRTCSession.emit = emit_event  # type: ignore[method-assign]
         WebRTCSession.__init__ = session_init  # type: ignore[method-assign]
         WebRTCSession.input_audio = input_audio  # type: ignore[method-assign]
         ReplyTrack._take = take_frame  # type: ignore[method-assign]
@@ -221,8 +240,9 @@ def received_offset(mic: FakeMicrophone, received: np.ndarray) -> tuple[int, flo
 
 
 # -- one turn's hops ------------------------------------------------------------------------
-HOPS = ("page_start_error", "input_path", "vad_end", "server_voice_to_voice", "track_wait", "reply_quiet_start",
-        "output_path", "browser_measured", "true_browser_voice_to_voice", "webrtc_added")
+HOPS = ("page_start_error", "input_path", "vad_end", "server_voice_to_voice", "track_wait", "reply_silent_start",
+        "output_path", "browser_measured", "true_browser_voice_to_voice", "webrtc_added", "reply_quiet_to_loud",
+        "old_page_start_error", "old_page_measured")
 
 
 def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offset_s: float) -> dict[str, Any]:
@@ -237,6 +257,7 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
     received = np.concatenate([samples for _, samples in pieces])
     piece_ends = np.cumsum([len(samples) for _, samples in pieces])
     lag, peak = received_offset(mic, received)
+    polls = np.asarray(page["trace"])
     truth_ms = [start_ms + 1000.0 * end_s for end_s in mic.speech_end_s]
     rows = []
     for m in page["measurements"]:
@@ -257,20 +278,34 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
         s_in = epoch_ms(pieces[min(piece, len(pieces) - 1)][0])
         frames = [(t, rms) for t, rid, rms in probe.frames if rid == m["response_id"]]
         f1 = epoch_ms(frames[0][0])
-        loud = epoch_ms(next(t for t, rms in frames if rms > VOICED_RMS))
+        onset = epoch_ms(next(t for t, rms in frames if rms > REPLY_ONSET_RMS))
+        loud = epoch_ms(next(t for t, rms in frames if rms > LOUD_RMS))
         p, r = m["mic_last_voiced_at_ms"], m["reply_onset_at_ms"]
+        # the page's former rule, replayed on its own polls: both ends at a fixed 0.02 RMS
+        before = polls[(polls[:, 0] < r) & (polls[:, 1] > LOUD_RMS), 0]
+        after = polls[(polls[:, 0] >= r) & (polls[:, 2] > LOUD_RMS), 0]
+        old_p, old_r = (before[-1] if len(before) else np.nan), (after[0] if len(after) else np.nan)
         rows.append({
             "clip": clip, "response_id": m["response_id"], "server_latency_ms": m["server"],
             "page_start_error": p - t0, "input_path": s_in - t0, "vad_end": v - s_in, "server_voice_to_voice": f - v,
-            "track_wait": f1 - f, "reply_quiet_start": loud - f1, "output_path": r - loud,
+            "track_wait": f1 - f, "reply_silent_start": onset - f1, "output_path": r - onset, "reply_quiet_to_loud": loud - onset,
             "browser_measured": r - p, "true_browser_voice_to_voice": r - t0,
-            "webrtc_added": (s_in - t0) + (f1 - f) + (r - loud),
+            "webrtc_added": (s_in - t0) + (f1 - f) + (r - onset),
+            "old_page_start_error": old_p - t0, "old_page_measured": old_r - old_p,
         })
-    return {"rows": rows, "wav_start_level_correlation": level_match, "received_correlation": peak,
+    sent = np.asarray([t for t, _, _ in probe.frames])
+    behind_ms = 1000.0 * (sent - 0.020 * np.arange(len(sent)))
+    behind_ms -= behind_ms.min()  # how late each frame went out against the track's 20 ms schedule
+    measured = {m["response_id"] for m in page["measurements"]}
+    unmeasured = {rid: sorted(session.pipeline.tracer.turn(turn).stamps) if session.pipeline.tracer.turn(turn) else None
+                  for rid, (turn, _) in session._turns.items() if rid not in measured}
+    return {"rows": rows, "unmeasured_responses": unmeasured, "frames_sent": len(sent), "events": probe.events,
+            "frame_lateness_ms": {"p50": float(np.percentile(behind_ms, 50)), "p95": float(np.percentile(behind_ms, 95)),
+                                  "p99": float(np.percentile(behind_ms, 99)), "max": float(behind_ms.max())}, "wav_start_level_correlation": level_match, "received_correlation": peak,
             "received_lag_samples": lag}
 
 
-def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int) -> dict[str, Any]:
+def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False) -> dict[str, Any]:
     import uvicorn
 
     from realtime_pipeline.server import Engines, ServerOptions, SessionOptions, create_app, uvicorn_config
@@ -296,7 +331,8 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int) -
         with tempfile.TemporaryDirectory() as tmp:
             mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
             epoch_offset_s = time.time() - time.monotonic()
-            page = anyio.run(talk_in_chromium, port, mic.path, Path(tmp) / "profile", len(clips), None, True)
+            page = anyio.run(functools.partial(talk_in_chromium, port, mic.path, Path(tmp) / "profile", len(clips), trace=True,
+                                               timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
             drift_ms = 1000.0 * (time.time() - time.monotonic() - epoch_offset_s)
     finally:
         server.should_exit = True
@@ -304,7 +340,7 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int) -
     result = analyse(mic, page, probe, epoch_offset_s)
     result.update(load_before=load_before, load_after=os.getloadavg(), clock_drift_ms=drift_ms, stats=page["stats"],
                   audio_rate_hz=page["audio_rate_hz"], user=page["user"], assistant=page["assistant"],
-                  output_lead_ms=output_lead_ms, clips=list(clips))
+                  output_lead_ms=output_lead_ms, clips=list(clips), aiortc_jitter_buffer=aiortc_jitter_buffer)
     return result
 
 
@@ -313,24 +349,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clips", default=",".join(DEFAULT_CLIPS), help="WAVs of tests/data/speech, one turn each")
     parser.add_argument("--output-lead-ms", type=int, default=300, help="SessionOptions.output_lead_ms (the tests' 300)")
     parser.add_argument("--gap-s", type=float, default=9.0, help="silence after each clip (time for the answer)")
+    parser.add_argument("--aiortc-jitter-buffer", action="store_true",
+                        help="keep aiortc's own audio jitter buffer on the microphone (4 frames held: the former behaviour)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing (scripts/setup.sh installs Debian's chromium)")
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
-    result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed)
+    if args.aiortc_jitter_buffer:
+        from realtime_pipeline.server import rtc_call
+
+        rtc_call.decode_on_arrival = lambda receiver: None  # type: ignore[assignment]
+    result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed, aiortc_jitter_buffer=args.aiortc_jitter_buffer)
     rows = result["rows"]
     print(f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
           f"{len(rows)} turns of {len(clips)} clips; WAV start found at level correlation {result['wav_start_level_correlation']:.3f}, "
           f"received audio correlation {result['received_correlation']:.3f}")
+    if result["unmeasured_responses"]:
+        print(f"responses without a measured reply (cancelled or silent; their stamps): {result['unmeasured_responses']}")
     stats = result["stats"]
-    print(f"browser: jitter buffer {stats.get('jitterBufferMs')} ms, playout delay {stats.get('playoutDelayMs')} ms, "
+    print(f"browser: jitter buffer {stats.get('jitterBufferMs')} ms (target {stats.get('jitterBufferTargetMs')}), playout delay {stats.get('playoutDelayMs')} ms, "
           f"AudioContext latency {stats.get('audioContextLatencyMs')} ms, RTT {stats.get('rttMs')} ms, lost {stats.get('packetsLost')}")
+    print(f"server: reply frames handed to aiortc behind the 20 ms schedule (ms) {json.dumps({k: round(v, 1) for k, v in result['frame_lateness_ms'].items()})}"
+          f" over {result['frames_sent']} frames; browser RTP jitter {stats.get('rtpJitterMs')} ms")
     print("| hop | median ms | per turn |")
     print("|---|---|---|")
     for hop in HOPS:
-        values = [row[hop] for row in rows]
+        values = [row[hop] for row in rows if not np.isnan(row[hop])]
         if values:
             print(f"| {hop} | {statistics.median(values):.0f} | {' '.join(f'{v:.0f}' for v in values)} |")
     if args.json:

@@ -33,7 +33,9 @@ aiortc = pytest.importorskip("aiortc", reason="the webrtc extra (aiortc) is not 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from webrtc_support import Recorder, SpeechMicrophone  # noqa: E402
 
-from realtime_pipeline.server.rtc_call import ice_candidates_on  # noqa: E402
+from aiortc.rtp import RtpPacket  # noqa: E402
+
+from realtime_pipeline.server.rtc_call import MicrophoneJitterBuffer, ice_candidates_on  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.anyio]
 
@@ -289,6 +291,8 @@ async def test_calls_take_a_session_slot(engines):
         _, limits = await first.until("rate_limits.updated", 30)
         assert {"name": "requests", "limit": 1, "remaining": 0, "reset_seconds": 0.0} in limits["rate_limits"]
         assert admission.active == 1
+        receiver = registry(limited).calls[raw.headers["location"].rsplit("/", 1)[-1]].pc.getTransceivers()[0].receiver
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, MicrophoneJitterBuffer)  # the mic is decoded on arrival
 
         second = Peer()
         offer = await second.offer()
@@ -309,7 +313,7 @@ async def test_calls_take_a_session_slot(engines):
         await first.pc.close()
         assert admission.active == 0
         answer = await client.realtime.calls.create(sdp=offer)
-        await second.accept(answer)
+        await second.accept(answer.text)
         await second.until("session.created", 30)
         assert admission.active == 1
 
@@ -320,3 +324,23 @@ async def test_calls_take_a_session_slot(engines):
                 await anyio.sleep(0.05)
         assert not registry(limited).calls
         await client.close()
+
+
+def test_microphone_packets_are_decoded_on_arrival():
+    """Each packet is a whole Opus frame: handed on at once, in order; one older than the last handed on is dropped."""
+    buffer = MicrophoneJitterBuffer()
+
+    def add(sequence_number: int) -> bytes | None:
+        packet = RtpPacket(payload_type=111, sequence_number=sequence_number, timestamp=960 * sequence_number)
+        packet._data = bytes([sequence_number % 256])  # type: ignore[attr-defined]  # what aiortc's depayload sets
+        pli, frame = buffer.add(packet)
+        assert not pli
+        return None if frame is None else frame.data
+
+    assert add(65534) == bytes([254])  # no waiting for later packets (aiortc's own buffer holds four)
+    assert add(65535) == bytes([255])
+    assert add(1) == bytes([1])  # across the wrap, one lost (0)
+    assert add(0) is None  # came after 1: too late for a stream
+    assert add(1) is None  # a repeat
+    assert add(2) == bytes([2])
+    assert buffer.dropped_late == 2

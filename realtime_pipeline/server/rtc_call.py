@@ -29,10 +29,14 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aioice.ice
+import anyio
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_gt
 
 from ..audio import INPUT_SAMPLE_RATE_HZ
 from ..conversation import ResponseDone, ResponseInterrupted, ResponsePaused, ResponseStarted
@@ -79,6 +83,45 @@ def ice_candidates_on(address: str | None) -> Iterator[None]:
         yield
     finally:
         _ice_address.reset(token)
+
+
+# -- the microphone's packets, decoded as they arrive -------------------------------------
+class MicrophoneJitterBuffer(JitterBuffer):
+    """Hands each Opus packet to the decoder as it arrives (one RTP packet is one Opus frame).
+
+    aiortc's audio jitter buffer holds a frame until four later ones have come
+    (``prefetch=4``): 80 ms more before the server's VAD sees the last word,
+    measured on every turn (docs/webrtc.md, "Measured"). A jitter buffer smooths
+    *playout*; the server plays nothing, the VAD and Whisper read a stream, so
+    only order matters: a packet that comes after a later one was decoded is
+    dropped (20 ms missing from the stream, as a lost packet would be).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None  # sequence number of the last packet handed on
+        self.dropped_late = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            self.dropped_late += 1  # late (reordered) or repeated
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def decode_on_arrival(receiver: RTCRtpReceiver) -> None:
+    """Give an audio receiver a :class:`MicrophoneJitterBuffer` (before its first packet)."""
+    name = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private attribute: fail loudly if it moves
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        raise RuntimeError(f"aiortc {aiortc_version()} has no {name}: the microphone would be decoded 80 ms late")
+    setattr(receiver, name, MicrophoneJitterBuffer())
+
+
+def aiortc_version() -> str:
+    from importlib.metadata import version
+
+    return version("aiortc")
 
 
 class ReplyTrack(MediaStreamTrack):
@@ -257,6 +300,10 @@ class WebRTCSession(RealtimeSession):
         self.emit(LATENCY_EVENT, response_id=response_id, latency_ms=latency)
 
 
+def invalid_offer(error: Exception) -> ProtocolError:
+    return ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}", code="invalid_offer", param="sdp")
+
+
 class Call:
     """One peer connection and its session, from the SDP offer to the hang-up."""
 
@@ -286,11 +333,16 @@ class Call:
         with ice_candidates_on(ice_address):
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            except Exception as error:  # aiortc's parser and negotiation: ValueError, InvalidAccessError... a bad offer
+                raise invalid_offer(error) from None
+            for transceiver in self.pc.getTransceivers():  # before any packet can come
+                if transceiver.kind == "audio":
+                    decode_on_arrival(transceiver.receiver)
+            try:
                 self.pc.addTrack(self.session.track)
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
-            except Exception as error:  # aiortc's parser and negotiation: ValueError, InvalidAccessError... a bad offer
-                raise ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}",
-                                    code="invalid_offer", param="sdp") from None
+            except Exception as error:
+                raise invalid_offer(error) from None
         return self.pc.localDescription.sdp
 
     def start(self) -> None:
@@ -378,8 +430,11 @@ class Call:
             except MediaStreamError:  # the remote track ended: so did the call's microphone
                 return
             frame.pts = None  # resample by content: the RTP clock may jump after loss
-            for out in resampler.resample(frame):
-                self.session.input_audio(out.to_ndarray().reshape(-1).astype(np.int16))
+            try:
+                for out in resampler.resample(frame):
+                    self.session.input_audio(out.to_ndarray().reshape(-1).astype(np.int16))
+            except anyio.ClosedResourceError:  # the session ended (hang-up) while the track still had frames
+                return
 
 
 def parse_session_config(session: WebRTCSession, spec: Mapping[str, Any]) -> None:

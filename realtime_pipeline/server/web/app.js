@@ -3,7 +3,16 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const VOICED_RMS = 0.02;      // mic / reply level counted as sound (full scale = 1)
+// The browser's voice-to-voice: the mic's last voiced poll to the reply's first sound (a poll every 10 ms reads
+// the last 512 samples). "Voiced" is the benchmark's energy ground truth (benchmarks/turns.py last_voiced_sample):
+// above max(floor + 12 dB, peak - 40 dB) of the last 10 s of sound (10th / 99th percentile), two polls of three.
+// A fixed 0.02 RMS put the end of soft last words up to 0.9 s early (docs/webrtc.md, "Measured").
+const LEVEL_HISTORY_POLLS = 1000;
+const QUIETEST_DB = -60;      // never voiced below
+const NO_SIGNAL_DB = -100;    // digital silence (a muted or fake mic between clips): not the room's noise floor
+// The server's track is digital silence between replies: any sound above -60 dBFS is the reply's first sample,
+// which is where the server's in-process voice-to-voice ends too.
+const REPLY_ONSET_RMS = 0.001;
 const REPLY_GAP_MS = 400;     // reply silence that ends one reply's sound
 const GATHER_TIMEOUT_MS = 3000;
 // Epoch milliseconds (the system clock, as the server's time.time()), so a test on the same machine can line the
@@ -181,16 +190,34 @@ function analyser(context, stream) {
   };
 }
 
+function voicedDetector() {
+  const history = [];          // dB of the last polls
+  let before = [false, false]; // the two previous polls above the threshold
+  return (rms) => {
+    const db = 20 * Math.log10(rms + 1e-9);
+    if (db > NO_SIGNAL_DB) history.push(db);
+    if (history.length > LEVEL_HISTORY_POLLS) history.shift();
+    const sorted = [...history].sort((a, b) => a - b);
+    const floor = sorted.length ? sorted[Math.floor(0.1 * (sorted.length - 1))] : NO_SIGNAL_DB;
+    const peak = sorted.length ? sorted[Math.floor(0.99 * (sorted.length - 1))] : NO_SIGNAL_DB;
+    const above = db > Math.max(floor + 12, peak - 40, QUIETEST_DB);
+    const voiced = above && (before[0] || before[1]);
+    before = [above, before[0]];
+    return voiced;
+  };
+}
+
 function watchLevels(micLevel, replyLevel) {
+  const micVoiced = page.micVoiced || (page.micVoiced = voicedDetector());
   page.timers.push(setInterval(() => {
     const now = clock();
     const mic = micLevel();
     $("level").style.width = `${Math.min(100, Math.sqrt(mic) * 220)}%`;
-    if (mic > VOICED_RMS) page.lastVoicedAt = now;
+    if (micVoiced(mic)) page.lastVoicedAt = now;
     const reply = replyLevel ? replyLevel() : 0;
     if (window.rpTrace) page.trace.push([now, mic, reply]);
     if (!replyLevel) return;
-    if (reply > VOICED_RMS) {
+    if (reply > REPLY_ONSET_RMS) {
       if (!page.replySounding && page.lastVoicedAt !== null) {
         // first reply sound after the user's last voiced sample: this browser's voice-to-voice
         const instants = { mic_last_voiced_at_ms: page.lastVoicedAt, reply_onset_at_ms: now };
@@ -219,9 +246,11 @@ async function linkStats() {
   const out = {
     totalAudioEnergy: inbound ? inbound.totalAudioEnergy || 0 : 0,
     jitterBufferMs: inbound && inbound.jitterBufferEmittedCount ? 1000 * inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount : null,
+    jitterBufferTargetMs: inbound && inbound.jitterBufferEmittedCount ? 1000 * inbound.jitterBufferTargetDelay / inbound.jitterBufferEmittedCount : null,
     playoutDelayMs: playout && playout.totalSamplesCount ? 1000 * playout.totalPlayoutDelay / playout.totalSamplesCount : null,
     audioContextLatencyMs: page.audio ? 1000 * ((page.audio.baseLatency || 0) + (page.audio.outputLatency || 0)) : null,
     packetsLost: inbound ? inbound.packetsLost : null,
+    rtpJitterMs: inbound && inbound.jitter !== undefined ? 1000 * inbound.jitter : null,
     rttMs: pair && pair.currentRoundTripTime !== undefined ? 1000 * pair.currentRoundTripTime : null,
   };
   $("link").textContent = `connection: jitter buffer ${fmt(out.jitterBufferMs)} ms · round trip ${fmt(out.rttMs)} ms · packets lost ${out.packetsLost ?? "—"}`;
@@ -319,7 +348,7 @@ function hangUp(byUser = true) {
   if (pc) pc.close();
   if (page.mic) page.mic.getTracks().forEach((t) => t.stop());
   if (page.audio) page.audio.close();
-  page.mic = page.audio = null;
+  page.mic = page.audio = page.micVoiced = page.lastVoicedAt = null;
   $("level").style.width = "0";
   $("connect").disabled = false;
   $("hangup").disabled = true;

@@ -24,7 +24,8 @@ WebRTC's own share is ``(S_in - T0) + (F1 - F) + (R - L)``: the way in, the
 track's wait for its next 20 ms tick, and the way out (Opus, loopback, the
 browser's jitter buffer, playout, the page's analyser). ``L - F1`` is the
 reply's silent start (the TTS's leading zeros), which a loudspeaker would play after ``F`` in
-process too. ``old_page_*`` replays the page's former rule (a fixed 0.02 RMS at both ends) on its polls.
+process too. ``old_page_measured`` replays the page's former rule on its polls: the reply's onset at
+0.02 RMS too, i.e. where it gets loud (the mic's end is still taken at 0.02 RMS).
 
     flock /tmp/rp-bench.lock python -m benchmarks.webrtc_latency --json /tmp/webrtc_latency.json
 """
@@ -165,8 +166,10 @@ class Probe:
     inputs: dict[str, list[tuple[float, np.ndarray]]] = field(default_factory=dict)  # session id -> (arrival, 16 kHz)
     frames: list[tuple[float, str | None, float]] = field(default_factory=list)  # (handed to aiortc, response, RMS 0..1)
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)  # server events of the turns
+    buffers: list[Any] = field(default_factory=list)  # the calls' MicrophoneJitterBuffers
 
     def install(self) -> None:
+        from realtime_pipeline.server import rtc_call
         from realtime_pipeline.server.rtc_call import ReplyTrack, WebRTCSession
 
         probe = self
@@ -193,6 +196,13 @@ class Probe:
                     "id", "status", "status_details", "response_id", "audio_start_ms", "audio_end_ms") if k in detail}))
             emit(session, event_type, **fields)
 
+        install_buffer = rtc_call.decode_on_arrival
+
+        def decode_on_arrival(receiver: Any) -> None:
+            install_buffer(receiver)
+            probe.buffers.append(receiver._RTCRtpReceiver__jitter_buffer)
+
+        rtc_call.decode_on_arrival = decode_on_arrival  # type: ignore[assignment]
         WebRTCSession.emit = emit_event  # type: ignore[method-assign]
         WebRTCSession.__init__ = session_init  # type: ignore[method-assign]
         WebRTCSession.input_audio = input_audio  # type: ignore[method-assign]
@@ -227,9 +237,9 @@ def wav_start_on_page(mic: FakeMicrophone, trace: list[list[float]], opened_at_m
     return best[1], best[0]
 
 
-def received_offset(mic: FakeMicrophone, received: np.ndarray) -> tuple[int, float]:
-    """Samples (16 kHz) by which the WAV leads the received stream, and the normalized correlation peak."""
-    wav = resample(mic.samples, MIC_RATE_HZ, INPUT_SAMPLE_RATE_HZ).astype(np.float64)
+def received_offset(wav: np.ndarray, received: np.ndarray) -> tuple[int, float]:
+    """Samples (16 kHz) by which ``wav`` leads the received stream, and the normalized correlation peak."""
+    wav = wav.astype(np.float64)
     got = received.astype(np.float64)
     n = 1 << int(np.ceil(np.log2(len(wav) + len(got))))
     corr = np.fft.irfft(np.fft.rfft(wav, n) * np.conj(np.fft.rfft(got, n)), n)
@@ -242,7 +252,7 @@ def received_offset(mic: FakeMicrophone, received: np.ndarray) -> tuple[int, flo
 # -- one turn's hops ------------------------------------------------------------------------
 HOPS = ("page_start_error", "input_path", "vad_end", "server_voice_to_voice", "track_wait", "reply_silent_start",
         "output_path", "browser_measured", "true_browser_voice_to_voice", "webrtc_added", "reply_quiet_to_loud",
-        "old_page_start_error", "old_page_measured")
+        "old_page_measured", "browser_minus_server")
 
 
 def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offset_s: float) -> dict[str, Any]:
@@ -256,7 +266,8 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
     pieces = probe.inputs[session.id]
     received = np.concatenate([samples for _, samples in pieces])
     piece_ends = np.cumsum([len(samples) for _, samples in pieces])
-    lag, peak = received_offset(mic, received)
+    wav16 = resample(mic.samples, MIC_RATE_HZ, INPUT_SAMPLE_RATE_HZ)
+    lag, peak = received_offset(wav16, received)
     polls = np.asarray(page["trace"])
     truth_ms = [start_ms + 1000.0 * end_s for end_s in mic.speech_end_s]
     rows = []
@@ -273,7 +284,13 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
         if clip is None:
             continue
         t0 = truth_ms[clip]
-        end_index = round(mic.speech_end_s[clip] * INPUT_SAMPLE_RATE_HZ) - lag  # in the received stream
+        # the clip's own lag: a stream that lost packets (or a fake microphone that skipped) moves it
+        end = round(mic.speech_end_s[clip] * INPUT_SAMPLE_RATE_HZ)
+        window = slice(max(0, end - 3 * INPUT_SAMPLE_RATE_HZ - lag), max(0, end + INPUT_SAMPLE_RATE_HZ - lag))
+        local, _ = received_offset(wav16[max(0, window.start + lag - INPUT_SAMPLE_RATE_HZ) : window.stop + lag + INPUT_SAMPLE_RATE_HZ],
+                                   received[window])
+        clip_lag = max(0, window.start + lag - INPUT_SAMPLE_RATE_HZ) + local - window.start
+        end_index = end - clip_lag  # in the received stream
         piece = int(np.searchsorted(piece_ends, end_index, side="right"))
         s_in = epoch_ms(pieces[min(piece, len(pieces) - 1)][0])
         frames = [(t, rms) for t, rid, rms in probe.frames if rid == m["response_id"]]
@@ -281,25 +298,26 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
         onset = epoch_ms(next(t for t, rms in frames if rms > REPLY_ONSET_RMS))
         loud = epoch_ms(next(t for t, rms in frames if rms > LOUD_RMS))
         p, r = m["mic_last_voiced_at_ms"], m["reply_onset_at_ms"]
-        # the page's former rule, replayed on its own polls: both ends at a fixed 0.02 RMS
-        before = polls[(polls[:, 0] < r) & (polls[:, 1] > LOUD_RMS), 0]
+        # the page's former rule, replayed on its own polls: the reply's onset at 0.02 RMS too
         after = polls[(polls[:, 0] >= r) & (polls[:, 2] > LOUD_RMS), 0]
-        old_p, old_r = (before[-1] if len(before) else np.nan), (after[0] if len(after) else np.nan)
+        old_r = after[0] if len(after) else np.nan
         rows.append({
-            "clip": clip, "response_id": m["response_id"], "server_latency_ms": m["server"],
+            "clip": clip, "response_id": m["response_id"], "server_latency_ms": m["server"], "clip_lag_samples": clip_lag,
             "page_start_error": p - t0, "input_path": s_in - t0, "vad_end": v - s_in, "server_voice_to_voice": f - v,
             "track_wait": f1 - f, "reply_silent_start": onset - f1, "output_path": r - onset, "reply_quiet_to_loud": loud - onset,
             "browser_measured": r - p, "true_browser_voice_to_voice": r - t0,
             "webrtc_added": (s_in - t0) + (f1 - f) + (r - onset),
-            "old_page_start_error": old_p - t0, "old_page_measured": old_r - old_p,
+            "old_page_measured": old_r - p, "browser_minus_server": (r - p) - (f - v),
         })
     sent = np.asarray([t for t, _, _ in probe.frames])
     behind_ms = 1000.0 * (sent - 0.020 * np.arange(len(sent)))
     behind_ms -= behind_ms.min()  # how late each frame went out against the track's 20 ms schedule
+    gaps = np.diff(behind_ms)
+    stalls = [{"at_ms": epoch_ms(sent[i + 1]), "late_ms": float(gaps[i])} for i in np.flatnonzero(gaps > 40.0)]
     measured = {m["response_id"] for m in page["measurements"]}
     unmeasured = {rid: sorted(session.pipeline.tracer.turn(turn).stamps) if session.pipeline.tracer.turn(turn) else None
                   for rid, (turn, _) in session._turns.items() if rid not in measured}
-    return {"rows": rows, "unmeasured_responses": unmeasured, "frames_sent": len(sent), "events": probe.events,
+    return {"rows": rows, "unmeasured_responses": unmeasured, "mic_packets_dropped_late": [getattr(b, "dropped_late", None) for b in probe.buffers], "frames_sent": len(sent), "events": probe.events, "stalls": stalls,
             "frame_lateness_ms": {"p50": float(np.percentile(behind_ms, 50)), "p95": float(np.percentile(behind_ms, 95)),
                                   "p99": float(np.percentile(behind_ms, 99)), "max": float(behind_ms.max())}, "wav_start_level_correlation": level_match, "received_correlation": peak,
             "received_lag_samples": lag}
@@ -360,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.aiortc_jitter_buffer:
         from realtime_pipeline.server import rtc_call
 
-        rtc_call.decode_on_arrival = lambda receiver: None  # type: ignore[assignment]
+        rtc_call.decode_on_arrival = lambda receiver: None  # type: ignore[assignment]  # (before the probe wraps it)
     result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed, aiortc_jitter_buffer=args.aiortc_jitter_buffer)
     rows = result["rows"]
     print(f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
@@ -371,8 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = result["stats"]
     print(f"browser: jitter buffer {stats.get('jitterBufferMs')} ms (target {stats.get('jitterBufferTargetMs')}), playout delay {stats.get('playoutDelayMs')} ms, "
           f"AudioContext latency {stats.get('audioContextLatencyMs')} ms, RTT {stats.get('rttMs')} ms, lost {stats.get('packetsLost')}")
+    print(f"microphone packets dropped as late by the server: {result['mic_packets_dropped_late']}; "
+          f"lag of each clip in the received stream (samples): {[row['clip_lag_samples'] for row in rows]}")
     print(f"server: reply frames handed to aiortc behind the 20 ms schedule (ms) {json.dumps({k: round(v, 1) for k, v in result['frame_lateness_ms'].items()})}"
-          f" over {result['frames_sent']} frames; browser RTP jitter {stats.get('rtpJitterMs')} ms")
+          f" over {result['frames_sent']} frames, {len(result['stalls'])} frames more than 40 ms later than the one before;"
+          f" browser RTP jitter {stats.get('rtpJitterMs')} ms")
     print("| hop | median ms | per turn |")
     print("|---|---|---|")
     for hop in HOPS:

@@ -46,7 +46,7 @@ async def test_page_talks_in_chromium(server, tmp_path):
     assert result["assistant"] and result["assistant"][0].strip()
     assert result["stats"]["totalAudioEnergy"] > 0.01, result["stats"]  # the reply was heard, not silence
     first = result["measurements"][0]
-    assert first["server"]["voice_to_voice"] > 0 and first["browser_ms"] > 0
+    assert first["server"]["voice_to_voice"] is not None and first["server"]["voice_to_voice"] > 0 and first["browser_ms"] > 0, first
     assert first["reply_onset_at_ms"] - first["mic_last_voiced_at_ms"] == pytest.approx(first["browser_ms"])
     assert result["stats"]["jitterBufferMs"] is not None and result["stats"]["jitterBufferMs"] > 0
     assert shot.exists() and shot.stat().st_size > 10_000

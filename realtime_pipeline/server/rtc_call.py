@@ -147,9 +147,11 @@ class ReplyTrack(MediaStreamTrack):
         self._start_s: float | None = None
         self._timestamp = 0
         self.first_sent_s: dict[str, float] = {}
+        self.first_pushed_s: dict[str, float] = {}
 
     def push(self, response_id: str, samples: np.ndarray) -> None:
         if len(samples):
+            self.first_pushed_s.setdefault(response_id, time.monotonic())
             self._queue.append((response_id, np.asarray(samples, dtype=np.int16)))
 
     def finish(self, response_id: str) -> None:
@@ -162,6 +164,7 @@ class ReplyTrack(MediaStreamTrack):
         """Drop every queued sample now; returns the response that was cut off (None: nothing was)."""
         cut = self._playing or (self._queue[0][0] if self._queue else None)
         self._queue.clear()
+        self.first_pushed_s.clear()  # what was pushed is gone: a resumed response pushes anew
         self._playing = None
         if cut is not None:
             self.on_event("cleared", cut)
@@ -184,7 +187,9 @@ class ReplyTrack(MediaStreamTrack):
                     break  # the next response starts in the next frame
                 self._playing = response_id
                 self.first_sent_s[response_id] = time.monotonic()
-                self.on_event("started", response_id)
+                self.on_event("started", response_id)  # reads first_sent_s / first_pushed_s (the latency event)
+                self.first_sent_s.pop(response_id, None)
+                self.first_pushed_s.pop(response_id, None)
             n = min(len(samples), self.frame_samples - filled)
             out[filled : filled + n] = samples[:n]
             filled += n
@@ -283,6 +288,10 @@ class WebRTCSession(RealtimeSession):
             if trace is not None:
                 stamps.update({k: v for k, v in trace.stamps.items() if k not in stamps})
         sent = self.track.first_sent_s.pop(response_id, None)
+        # The player stamps first_sample_played once its first write returns, which yields to the event
+        # loop: the track may send that block first. The write pushed it to the track at that very instant.
+        pushed = self.track.first_pushed_s.pop(response_id, None)
+        played = stamps.get(FIRST_SAMPLE_PLAYED, pushed)
 
         def span(start: str | None, end: str | None, end_s: float | None = None) -> float | None:
             a = stamps.get(start) if start else None
@@ -294,7 +303,7 @@ class WebRTCSession(RealtimeSession):
             "asr": span(TURN_COMMITTED, ASR_FINAL),
             "llm": span(ASR_FINAL, LLM_FIRST_TOKEN),
             "tts": span(LLM_FIRST_TOKEN, TTS_FIRST_AUDIO),
-            "voice_to_voice": span(USER_SPEECH_END, FIRST_SAMPLE_PLAYED),
+            "voice_to_voice": span(USER_SPEECH_END, None, played),
             "first_frame_sent": span(USER_SPEECH_END, None, sent),
         }
         self.emit(LATENCY_EVENT, response_id=response_id, latency_ms=latency)

@@ -33,7 +33,9 @@ aiortc = pytest.importorskip("aiortc", reason="the webrtc extra (aiortc) is not 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from webrtc_support import Recorder, SpeechMicrophone  # noqa: E402
 
-from realtime_pipeline.server.rtc_call import ice_candidates_on  # noqa: E402
+from aiortc.rtp import RtpPacket  # noqa: E402
+
+from realtime_pipeline.server.rtc_call import MicrophoneJitterBuffer, ice_candidates_on  # noqa: E402
 
 pytestmark = [pytest.mark.models, pytest.mark.anyio]
 
@@ -273,3 +275,72 @@ async def test_bad_requests_get_a_json_error(server):
         assert page.status_code == 200 and "app.js" in page.text
     assert not registry(server).calls  # no half-made call left behind
     await client.close()
+
+
+async def test_calls_take_a_session_slot(engines):
+    """A call is a session of ``--max-sessions``: a second one is refused while the first lives, as a
+    WebSocket session would be, and the slot is free again after a hang-up, whatever way it ends."""
+    from websockets.asyncio.client import connect as ws_connect
+
+    with RunningServer(engines, ServerOptions(max_sessions=1)) as limited:
+        admission = limited.server.config.app.state.admission
+        client = AsyncOpenAI(api_key="none", base_url=http_url(limited), max_retries=0)
+        first = Peer()
+        raw = await client.realtime.calls.with_raw_response.create(sdp=await first.offer())
+        await first.accept(raw.http_response.text)
+        _, limits = await first.until("rate_limits.updated", 30)
+        assert {"name": "requests", "limit": 1, "remaining": 0, "reset_seconds": 0.0} in limits["rate_limits"]
+        assert admission.active == 1
+        receiver = registry(limited).calls[raw.headers["location"].rsplit("/", 1)[-1]].pc.getTransceivers()[0].receiver
+        assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, MicrophoneJitterBuffer)  # the mic is decoded on arrival
+
+        second = Peer()
+        offer = await second.offer()
+        with pytest.raises(openai.RateLimitError) as refused:  # 429, the WebSocket's error
+            await client.realtime.calls.create(sdp=offer)
+        assert refused.value.body["code"] == "session_limit_reached" and "1 sessions" in refused.value.body["message"]  # type: ignore[index]
+        assert refused.value.response.headers["retry-after"] == "1"
+        async with ws_connect(f"{limited.base_url}/realtime") as websocket:  # the slot is the WebSocket's too
+            assert json.loads(await websocket.recv())["error"]["code"] == "session_limit_reached"
+        with pytest.raises(openai.BadRequestError):  # a bad offer takes no slot: the limit is checked after parsing
+            await client.realtime.calls.create(sdp="hello")
+        assert admission.active == 1
+
+        # hang-up by the endpoint frees the slot: the refused offer is accepted now
+        call_id = raw.headers["location"].rsplit("/", 1)[-1]
+        async with httpx.AsyncClient() as http:
+            assert (await http.post(f"{http_url(limited)}/realtime/calls/{call_id}/hangup")).status_code == 200
+        await first.pc.close()
+        assert admission.active == 0
+        answer = await client.realtime.calls.create(sdp=offer)
+        await second.accept(answer.text)
+        await second.until("session.created", 30)
+        assert admission.active == 1
+
+        # hang-up by the peer (it closes) frees it too
+        await second.pc.close()
+        with anyio.fail_after(30):
+            while admission.active:
+                await anyio.sleep(0.05)
+        assert not registry(limited).calls
+        await client.close()
+
+
+def test_microphone_packets_are_decoded_on_arrival():
+    """Each packet is a whole Opus frame: handed on at once, in order; one older than the last handed on is dropped."""
+    buffer = MicrophoneJitterBuffer()
+
+    def add(sequence_number: int) -> bytes | None:
+        packet = RtpPacket(payload_type=111, sequence_number=sequence_number, timestamp=960 * sequence_number)
+        packet._data = bytes([sequence_number % 256])  # type: ignore[attr-defined]  # what aiortc's depayload sets
+        pli, frame = buffer.add(packet)
+        assert not pli
+        return None if frame is None else frame.data
+
+    assert add(65534) == bytes([254])  # no waiting for later packets (aiortc's own buffer holds four)
+    assert add(65535) == bytes([255])
+    assert add(1) == bytes([1])  # across the wrap, one lost (0)
+    assert add(0) is None  # came after 1: too late for a stream
+    assert add(1) is None  # a repeat
+    assert add(2) == bytes([2])
+    assert buffer.dropped_late == 2

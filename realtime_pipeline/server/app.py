@@ -80,10 +80,14 @@ class Admission:
         return {"name": "requests", "limit": self.limit, "remaining": max(0, self.limit - self.active), "reset_seconds": 0.0}
 
 
+def session_limit_message(limit: int) -> str:
+    return f"the server is serving its limit of {limit} sessions at once; try again later"
+
+
 def session_limit_error(limit: int) -> str:
     return json.dumps({"type": "error", "event_id": event_id(), "error": {
         "type": "server_error", "code": "session_limit_reached", "param": None, "event_id": None,
-        "message": f"the server is serving its limit of {limit} sessions at once; try again later",
+        "message": session_limit_message(limit),
     }})
 
 
@@ -195,7 +199,7 @@ def create_app(engines: Engines, options: ServerOptions | None = None) -> Starle
     # the lifespan hangs up the calls in progress when the server stops.
     from .webrtc import webrtc_routes
 
-    webrtc, lifespan = webrtc_routes(engines, options)
+    webrtc, lifespan = webrtc_routes(engines, options, admission)  # a call takes a session slot too
     app = Starlette(routes=routes + webrtc, lifespan=lifespan)
     app.state.admission = admission
     return app

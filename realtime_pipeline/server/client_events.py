@@ -257,6 +257,11 @@ class ClientEventsMixin:
             raise ProtocolError(str(error), code="invalid_audio", param="audio") from None
         if samples.size == 0:
             return
+        await self.input_audio(samples)
+
+    async def input_audio(self, samples: np.ndarray) -> None:
+        """16 kHz input audio: into the pipeline (VAD) and the buffer a manual commit takes (also a
+        WebRTC call's microphone). Waits while the pipeline's input queue is full (backpressure)."""
         self._pending_audio.append(samples)
         self._pending_samples += len(samples)
         while self._pending_samples > MAX_PENDING_S * INPUT_SAMPLE_RATE_HZ and len(self._pending_audio) > 1:

@@ -29,16 +29,19 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import aioice.ice
+import anyio
 import av
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket
+from aiortc.utils import uint16_gt
 
 from ..audio import INPUT_SAMPLE_RATE_HZ
 from ..conversation import ResponseDone, ResponseInterrupted, ResponsePaused, ResponseStarted
 from ..frames import TranscriptFinal
 from ..tracing import ASR_FINAL, FIRST_SAMPLE_PLAYED, LLM_FIRST_TOKEN, TTS_FIRST_AUDIO, TURN_COMMITTED, USER_SPEECH_END
-from .client_events import MAX_PENDING_S
 from .engines import OUTPUT_SAMPLE_RATE_HZ, Engines
 from .protocol import Dialect, ProtocolError, new_id
 from .responses import ResponseState
@@ -82,6 +85,45 @@ def ice_candidates_on(address: str | None) -> Iterator[None]:
         _ice_address.reset(token)
 
 
+# -- the microphone's packets, decoded as they arrive -------------------------------------
+class MicrophoneJitterBuffer(JitterBuffer):
+    """Hands each Opus packet to the decoder as it arrives (one RTP packet is one Opus frame).
+
+    aiortc's audio jitter buffer holds a frame until four later ones have come
+    (``prefetch=4``): 80 ms more before the server's VAD sees the last word,
+    measured on every turn (docs/webrtc.md, "Measured"). A jitter buffer smooths
+    *playout*; the server plays nothing, the VAD and Whisper read a stream, so
+    only order matters: a packet that comes after a later one was decoded is
+    dropped (20 ms missing from the stream, as a lost packet would be).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None  # sequence number of the last packet handed on
+        self.dropped_late = 0
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            self.dropped_late += 1  # late (reordered) or repeated
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+def decode_on_arrival(receiver: RTCRtpReceiver) -> None:
+    """Give an audio receiver a :class:`MicrophoneJitterBuffer` (before its first packet)."""
+    name = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private attribute: fail loudly if it moves
+    if not isinstance(getattr(receiver, name, None), JitterBuffer):
+        raise RuntimeError(f"aiortc {aiortc_version()} has no {name}: the microphone would be decoded 80 ms late")
+    setattr(receiver, name, MicrophoneJitterBuffer())
+
+
+def aiortc_version() -> str:
+    from importlib.metadata import version
+
+    return version("aiortc")
+
+
 class ReplyTrack(MediaStreamTrack):
     """The reply audio, sent in real time in ``FRAME_MS`` frames (silence when there is none).
 
@@ -105,9 +147,11 @@ class ReplyTrack(MediaStreamTrack):
         self._start_s: float | None = None
         self._timestamp = 0
         self.first_sent_s: dict[str, float] = {}
+        self.first_pushed_s: dict[str, float] = {}
 
     def push(self, response_id: str, samples: np.ndarray) -> None:
         if len(samples):
+            self.first_pushed_s.setdefault(response_id, time.monotonic())
             self._queue.append((response_id, np.asarray(samples, dtype=np.int16)))
 
     def finish(self, response_id: str) -> None:
@@ -120,6 +164,7 @@ class ReplyTrack(MediaStreamTrack):
         """Drop every queued sample now; returns the response that was cut off (None: nothing was)."""
         cut = self._playing or (self._queue[0][0] if self._queue else None)
         self._queue.clear()
+        self.first_pushed_s.clear()  # what was pushed is gone: a resumed response pushes anew
         self._playing = None
         if cut is not None:
             self.on_event("cleared", cut)
@@ -142,7 +187,9 @@ class ReplyTrack(MediaStreamTrack):
                     break  # the next response starts in the next frame
                 self._playing = response_id
                 self.first_sent_s[response_id] = time.monotonic()
-                self.on_event("started", response_id)
+                self.on_event("started", response_id)  # reads first_sent_s / first_pushed_s (the latency event)
+                self.first_sent_s.pop(response_id, None)
+                self.first_pushed_s.pop(response_id, None)
             n = min(len(samples), self.frame_samples - filled)
             out[filled : filled + n] = samples[:n]
             filled += n
@@ -176,23 +223,16 @@ class WebRTCSession(RealtimeSession):
     """A Realtime session whose audio goes through the call's tracks instead of audio events."""
 
     def __init__(self, engines: Engines, dialect: Dialect, send_json: Callable[[str], Any], *,
-                 model: str | None, options: SessionOptions, latency_events: bool) -> None:
+                 model: str | None, options: SessionOptions, latency_events: bool,
+                 rate_limit: Callable[[], dict[str, Any] | None] | None = None) -> None:
         # The track plays in real time, so the player must be paced for barge-in to know what was heard.
-        super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True))
+        super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True),
+                         rate_limit=rate_limit)
         self.track = ReplyTrack(self._on_track_event)
         self.latency_events = latency_events
         self._user_turn: int | None = None
         self._turns: dict[str, tuple[int, int | None]] = {}  # response id → (its turn, the user turn it answers)
         self._last_response_id: str | None = None
-
-    # -- input ------------------------------------------------------------------------
-    def feed_microphone(self, samples: np.ndarray) -> None:
-        """16 kHz microphone audio: into the pipeline (VAD) and the buffer a manual commit takes."""
-        self._pending_audio.append(samples)
-        self._pending_samples += len(samples)
-        while self._pending_samples > MAX_PENDING_S * INPUT_SAMPLE_RATE_HZ and len(self._pending_audio) > 1:
-            self._pending_samples -= len(self._pending_audio.pop(0))
-        self._audio_send.send_nowait(samples)
 
     async def handle(self, text: str) -> None:
         try:
@@ -248,6 +288,10 @@ class WebRTCSession(RealtimeSession):
             if trace is not None:
                 stamps.update({k: v for k, v in trace.stamps.items() if k not in stamps})
         sent = self.track.first_sent_s.pop(response_id, None)
+        # The player stamps first_sample_played once its first write returns, which yields to the event
+        # loop: the track may send that block first. The write pushed it to the track at that very instant.
+        pushed = self.track.first_pushed_s.pop(response_id, None)
+        played = stamps.get(FIRST_SAMPLE_PLAYED, pushed)
 
         def span(start: str | None, end: str | None, end_s: float | None = None) -> float | None:
             a = stamps.get(start) if start else None
@@ -259,10 +303,14 @@ class WebRTCSession(RealtimeSession):
             "asr": span(TURN_COMMITTED, ASR_FINAL),
             "llm": span(ASR_FINAL, LLM_FIRST_TOKEN),
             "tts": span(LLM_FIRST_TOKEN, TTS_FIRST_AUDIO),
-            "voice_to_voice": span(USER_SPEECH_END, FIRST_SAMPLE_PLAYED),
+            "voice_to_voice": span(USER_SPEECH_END, None, played),
             "first_frame_sent": span(USER_SPEECH_END, None, sent),
         }
         self.emit(LATENCY_EVENT, response_id=response_id, latency_ms=latency)
+
+
+def invalid_offer(error: Exception) -> ProtocolError:
+    return ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}", code="invalid_offer", param="sdp")
 
 
 class Call:
@@ -294,11 +342,16 @@ class Call:
         with ice_candidates_on(ice_address):
             try:
                 await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+            except Exception as error:  # aiortc's parser and negotiation: ValueError, InvalidAccessError... a bad offer
+                raise invalid_offer(error) from None
+            for transceiver in self.pc.getTransceivers():  # before any packet can come
+                if transceiver.kind == "audio":
+                    decode_on_arrival(transceiver.receiver)
+            try:
                 self.pc.addTrack(self.session.track)
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
-            except Exception as error:  # aiortc's parser and negotiation: ValueError, InvalidAccessError... a bad offer
-                raise ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}",
-                                    code="invalid_offer", param="sdp") from None
+            except Exception as error:
+                raise invalid_offer(error) from None
         return self.pc.localDescription.sdp
 
     def start(self) -> None:
@@ -321,12 +374,14 @@ class Call:
 
     async def _close(self) -> None:
         self.hang_up()
-        self.session.track.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.pc.close()
-        self._on_closed(self)
+        try:
+            self.session.track.stop()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.pc.close()
+        finally:
+            self._on_closed(self)  # frees the session slot, whatever happened above
 
     # -- events in and out ------------------------------------------------------------
     async def send_json(self, text: str) -> bool:
@@ -384,8 +439,11 @@ class Call:
             except MediaStreamError:  # the remote track ended: so did the call's microphone
                 return
             frame.pts = None  # resample by content: the RTP clock may jump after loss
-            for out in resampler.resample(frame):
-                self.session.feed_microphone(out.to_ndarray().reshape(-1).astype(np.int16))
+            try:
+                for out in resampler.resample(frame):
+                    await self.session.input_audio(out.to_ndarray().reshape(-1).astype(np.int16))
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):  # the session ended (hang-up) while the track still had frames
+                return
 
 
 def parse_session_config(session: WebRTCSession, spec: Mapping[str, Any]) -> None:

@@ -9,6 +9,10 @@
 - ``POST /v1/realtime/calls/{call_id}/hangup``: ends a call (``calls.hangup``).
 - ``GET /``: the page (``web/``: one HTML, one JS, one CSS file, no build step).
 
+A call is a session: it takes a slot of the server's ``--max-sessions`` from
+the offer to the hang-up, and a call beyond the limit is refused with ``429``
+(``session_limit_reached``, the WebSocket's error).
+
 The peer itself is :mod:`.rtc_call` (aiortc, the optional ``webrtc`` extra);
 without it the signaling routes answer 501 and say what to install.
 """
@@ -31,7 +35,7 @@ from starlette.routing import Route
 from .protocol import Dialect, ProtocolError
 
 if TYPE_CHECKING:
-    from .app import ServerOptions
+    from .app import Admission, ServerOptions
     from .engines import Engines
     from .rtc_call import Call
 
@@ -43,9 +47,10 @@ WEB_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css"
 
 
 def error_response(status: int, message: str, *, code: str, param: str | None = None,
-                   type: str = "invalid_request_error") -> JSONResponse:
-    """The OpenAI REST error shape (the SDK raises BadRequestError, AuthenticationError... from it)."""
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status)
+                   type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> JSONResponse:
+    """The OpenAI REST error shape (the SDK raises BadRequestError, AuthenticationError, RateLimitError... from it)."""
+    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}}, status_code=status,
+                        headers=headers)
 
 
 async def read_offer(request: Request) -> tuple[str, dict[str, Any] | None]:
@@ -92,13 +97,14 @@ async def _form_text(value: str | UploadFile | None) -> str | None:
 class CallRegistry:
     """The calls in progress; the app's lifespan hangs them all up when the server stops."""
 
-    def __init__(self, engines: Engines, options: ServerOptions) -> None:
+    def __init__(self, engines: Engines, options: ServerOptions, admission: Admission) -> None:
         self.engines = engines
         self.options = options
+        self.admission = admission
         self.calls: dict[str, Call] = {}
 
     async def create(self, request: Request, dialect: Dialect) -> Response:
-        from .app import authorized  # the WebSocket's rule; imported here: app imports this module
+        from .app import authorized, session_limit_message  # the WebSocket's rules; imported here: app imports this module
 
         if not authorized(request, self.options.api_key):  # type: ignore[arg-type]
             return error_response(401, "invalid API key: send 'Authorization: Bearer KEY' with the server's key",
@@ -108,9 +114,16 @@ class CallRegistry:
         except ImportError as error:
             return error_response(501, f"WebRTC needs the webrtc extra: pip install 'realtime_pipeline[webrtc]' ({error})",
                                   code="webrtc_unavailable", type="server_error")
-        call: Call | None = None
         try:
             sdp, spec = await read_offer(request)
+        except ProtocolError as error:
+            return error_response(400, error.message, code=error.code, param=error.param)
+        if not self.admission.enter():
+            log.warning("call refused: %d sessions already (the limit)", self.admission.active)
+            return error_response(429, session_limit_message(self.admission.limit or 0), code="session_limit_reached",
+                                  type="server_error", headers={"Retry-After": "1"})
+        call: Call | None = None
+        try:
             model = request.query_params.get("model")
             if spec is not None:
                 if spec.get("type", "realtime") != "realtime":
@@ -119,23 +132,28 @@ class CallRegistry:
                     model = spec["model"]
             latency = request.query_params.get("latency", "").lower() in ("1", "true", "yes")
             call = Call(self._closed)
-            call.session = WebRTCSession(self.engines, dialect, call.send_json, model=model,
-                                         options=self.options.session, latency_events=latency)
+            call.session = WebRTCSession(self.engines, dialect, call.send_json, model=model, options=self.options.session,
+                                         latency_events=latency, rate_limit=self.admission.rate_limit)
             if spec is not None:
                 parse_session_config(call.session, {k: v for k, v in spec.items() if k != "model"})
             server = request.scope.get("server")
             answer = await call.answer(sdp, server[0] if server else None)
-        except ProtocolError as error:
+        except BaseException as error:  # the call never started: its slot is free again (re-raised unless a 400)
+            self.admission.leave()
             if call is not None:
                 await call.pc.close()
-            return error_response(400, error.message, code=error.code, param=error.param)
+            if isinstance(error, ProtocolError):
+                return error_response(400, error.message, code=error.code, param=error.param)
+            raise
         self.calls[call.id] = call
         call.start()
         return Response(answer, status_code=201, media_type="application/sdp",
                         headers={"Location": f"/v1/realtime/calls/{call.id}"})
 
     def _closed(self, call: Call) -> None:
+        """A started call ended, whatever way: its session slot is free."""
         self.calls.pop(call.id, None)
+        self.admission.leave()
 
     async def hangup(self, request: Request) -> Response:
         from .app import authorized
@@ -168,9 +186,9 @@ def page_file(name: str) -> bytes:
     return resources.files("realtime_pipeline.server").joinpath("web", name).read_bytes()
 
 
-def webrtc_routes(engines: Engines, options: ServerOptions) -> tuple[list[Route], Callable[[Starlette], Any]]:
+def webrtc_routes(engines: Engines, options: ServerOptions, admission: Admission) -> tuple[list[Route], Callable[[Starlette], Any]]:
     """The signaling and page routes, and the lifespan that hangs up every call at shutdown."""
-    registry = CallRegistry(engines, options)
+    registry = CallRegistry(engines, options, admission)
 
     async def calls(request: Request) -> Response:
         return await registry.create(request, _dialect(request, Dialect.GA))

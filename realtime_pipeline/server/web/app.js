@@ -3,20 +3,32 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const VOICED_RMS = 0.02;      // mic / reply level counted as sound (full scale = 1)
+// The browser's voice-to-voice: the mic's last voiced poll to the reply's first sound (a poll every 10 ms reads
+// the last 512 samples). The mic is voiced above 0.02 RMS (after the browser's gain control): measured against the
+// WAVs' energy ground truth it is within 0.15 s of it on 6 clips of 8, but puts a soft last word up to 0.9 s early;
+// a threshold relative to the turn's peak and floor did worse (docs/webrtc.md, "Measured").
+const VOICED_RMS = 0.02;
+// The server's track is digital silence between replies: any sound above -60 dBFS is the reply's first sample,
+// which is where the server's in-process voice-to-voice ends too.
+const REPLY_ONSET_RMS = 0.001;
 const REPLY_GAP_MS = 400;     // reply silence that ends one reply's sound
 const GATHER_TIMEOUT_MS = 3000;
+// Epoch milliseconds (the system clock, as the server's time.time()), so a test on the same machine can line the
+// page's instants up with the server's.
+const clock = () => performance.timeOrigin + performance.now();
 
 const page = {
   pc: null, channel: null, mic: null, audio: null, callUrl: null,
-  lastVoicedAt: null,          // performance.now() of the mic's last voiced poll
+  lastVoicedAt: null,          // clock() of the mic's last voiced poll
   replySounding: false, replyQuietSince: 0, pendingOnset: null,
   turns: new Map(),            // response_id -> {row, browserMs, serverMs}
   items: new Map(),            // item_id -> <li>
   responses: new Map(),        // response_id -> <li>
   timers: [],
-  // For tests and the curious: what the page measured.
+  // For tests and the curious: what the page measured; with window.rpTrace set before the page loads,
+  // every level poll too ([clock ms, mic RMS, reply RMS]).
   measurements: [],
+  trace: [],
 };
 window.rp = page;
 
@@ -92,7 +104,7 @@ function renderTurn(turn) {
   const cells = turn.row.cells;
   const s = turn.server || {};
   [s.endpoint, s.asr, s.llm, s.tts, s.voice_to_voice, turn.browserMs].forEach((v, i) => { cells[i + 1].textContent = fmt(v); });
-  if (turn.measurement) turn.measurement.browser_ms = turn.browserMs;
+  if (turn.measurement) Object.assign(turn.measurement, { browser_ms: turn.browserMs, ...turn.instants });
 }
 
 // -- server events -------------------------------------------------------------------
@@ -132,9 +144,10 @@ function onEvent(event) {
     }
     case "output_audio_buffer.started": {
       const turn = turnRow(event.response_id);
-      turn.startedAt = performance.now();
+      turn.startedAt = clock();
       if (page.pendingOnset && turn.startedAt - page.pendingOnset.at < 1500) {
         turn.browserMs = page.pendingOnset.ms;
+        turn.instants = page.pendingOnset.instants;
         page.pendingOnset = null;
         renderTurn(turn);
       }
@@ -148,7 +161,7 @@ function onEvent(event) {
     case "realtime_pipeline.turn_latency": {
       const turn = turnRow(event.response_id);
       turn.server = event.latency_ms;
-      turn.measurement = { response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs };
+      turn.measurement = { response_id: event.response_id, server: event.latency_ms, browser_ms: turn.browserMs, ...turn.instants };
       page.measurements.push(turn.measurement);
       renderTurn(turn);
       break;
@@ -177,18 +190,20 @@ function analyser(context, stream) {
 
 function watchLevels(micLevel, replyLevel) {
   page.timers.push(setInterval(() => {
-    const now = performance.now();
+    const now = clock();
     const mic = micLevel();
     $("level").style.width = `${Math.min(100, Math.sqrt(mic) * 220)}%`;
     if (mic > VOICED_RMS) page.lastVoicedAt = now;
+    const reply = replyLevel ? replyLevel() : 0;
+    if (window.rpTrace) page.trace.push([now, mic, reply]);
     if (!replyLevel) return;
-    const reply = replyLevel();
-    if (reply > VOICED_RMS) {
+    if (reply > REPLY_ONSET_RMS) {
       if (!page.replySounding && page.lastVoicedAt !== null) {
         // first reply sound after the user's last voiced sample: this browser's voice-to-voice
-        const onset = { at: now, ms: now - page.lastVoicedAt };
+        const instants = { mic_last_voiced_at_ms: page.lastVoicedAt, reply_onset_at_ms: now };
+        const onset = { at: now, ms: now - page.lastVoicedAt, instants };
         const turn = page.current && page.turns.get(page.current);
-        if (turn && turn.browserMs === null) { turn.browserMs = onset.ms; renderTurn(turn); }
+        if (turn && turn.browserMs === null) { turn.browserMs = onset.ms; turn.instants = instants; renderTurn(turn); }
         else page.pendingOnset = onset;
       }
       page.replySounding = true;
@@ -202,15 +217,20 @@ function watchLevels(micLevel, replyLevel) {
 async function linkStats() {
   if (!page.pc) return null;
   const stats = await page.pc.getStats();
-  let inbound = null, pair = null;
+  let inbound = null, pair = null, playout = null;
   stats.forEach((s) => {
     if (s.type === "inbound-rtp" && s.kind === "audio") inbound = s;
+    if (s.type === "media-playout") playout = s;
     if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s;
   });
   const out = {
     totalAudioEnergy: inbound ? inbound.totalAudioEnergy || 0 : 0,
     jitterBufferMs: inbound && inbound.jitterBufferEmittedCount ? 1000 * inbound.jitterBufferDelay / inbound.jitterBufferEmittedCount : null,
+    jitterBufferTargetMs: inbound && inbound.jitterBufferEmittedCount ? 1000 * inbound.jitterBufferTargetDelay / inbound.jitterBufferEmittedCount : null,
+    playoutDelayMs: playout && playout.totalSamplesCount ? 1000 * playout.totalPlayoutDelay / playout.totalSamplesCount : null,
+    audioContextLatencyMs: page.audio ? 1000 * ((page.audio.baseLatency || 0) + (page.audio.outputLatency || 0)) : null,
     packetsLost: inbound ? inbound.packetsLost : null,
+    rtpJitterMs: inbound && inbound.jitter !== undefined ? 1000 * inbound.jitter : null,
     rttMs: pair && pair.currentRoundTripTime !== undefined ? 1000 * pair.currentRoundTripTime : null,
   };
   $("link").textContent = `connection: jitter buffer ${fmt(out.jitterBufferMs)} ms · round trip ${fmt(out.rttMs)} ms · packets lost ${out.packetsLost ?? "—"}`;
@@ -238,6 +258,7 @@ async function connect() {
     page.mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
+    page.micOpenedAt = clock();
   } catch (error) {
     showError(describeMediaError(error));
     $("connect").disabled = false;
@@ -307,7 +328,7 @@ function hangUp(byUser = true) {
   if (pc) pc.close();
   if (page.mic) page.mic.getTracks().forEach((t) => t.stop());
   if (page.audio) page.audio.close();
-  page.mic = page.audio = null;
+  page.mic = page.audio = page.lastVoicedAt = null;
   $("level").style.width = "0";
   $("connect").disabled = false;
   $("hangup").disabled = true;

@@ -82,6 +82,7 @@ class Turn:
     first_audio_s: float | None = None
     transcript_s: float | None = None
     completed: bool = False
+    error: str | None = None
 
 
 @dataclass
@@ -121,7 +122,9 @@ class Server:
         self.thread.join(timeout=30)
 
 
-async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = None) -> dict[str, Any]:
+async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = None, on_error: Any = None) -> dict[str, Any]:
+    """The next ``wanted`` event; an error event raises, or with ``on_error`` is passed to it (the
+    session lives on: a failed response still ends with ``response.done``)."""
     with anyio.fail_after(timeout_s):
         while True:
             event = json.loads(await ws.recv())
@@ -130,7 +133,9 @@ async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = 
             if event["type"] == wanted:
                 return event
             if event["type"] == "error":
-                raise RuntimeError(f"server error: {event['error']}")
+                if on_error is None:
+                    raise RuntimeError(f"server error: {event['error']}")
+                on_error(event["error"])
 
 
 async def open_session(ws: Any, max_tokens: int) -> None:
@@ -182,14 +187,18 @@ async def spoken_turn(ws: Any, turn: Turn, speech: np.ndarray, stream: Stream) -
             stream.sent_ms += len(piece) * 1000 // RATE_HZ
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(piece)}))
 
+    def on_error(error: dict[str, Any]) -> None:
+        turn.error = str(error.get("message"))
+        print(f"session {turn.session}, {turn.clip}: {turn.error}", file=sys.stderr)
+
     async with anyio.create_task_group() as group:
         group.start_soon(send)
-        await receive_until(ws, "response.done", TURN_TIMEOUT_S, on_event)
+        done = await receive_until(ws, "response.done", TURN_TIMEOUT_S, on_event, on_error)
     end = times.get("end")
     if end is not None:
         turn.transcript_s = times["transcript"] - end if "transcript" in times else None
         turn.first_audio_s = times["audio"] - end if "audio" in times else None
-    turn.completed = True
+    turn.completed = done["response"]["status"] == "completed"
 
 
 async def run_level(url: str, sessions: int, turns: int, max_tokens: int, seed: int, check_admission: bool) -> LevelResult:

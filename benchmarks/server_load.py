@@ -82,6 +82,7 @@ class Turn:
     first_audio_s: float | None = None
     transcript_s: float | None = None
     completed: bool = False
+    status: str | None = None
     error: str | None = None
 
 
@@ -198,7 +199,8 @@ async def spoken_turn(ws: Any, turn: Turn, speech: np.ndarray, stream: Stream) -
     if end is not None:
         turn.transcript_s = times["transcript"] - end if "transcript" in times else None
         turn.first_audio_s = times["audio"] - end if "audio" in times else None
-    turn.completed = done["response"]["status"] == "completed"
+    turn.status = done["response"]["status"]
+    turn.completed = turn.status != "failed"  # "incomplete": the reply reached its token cap
 
 
 async def run_level(url: str, sessions: int, turns: int, max_tokens: int, seed: int, check_admission: bool) -> LevelResult:

@@ -316,11 +316,13 @@ async def run_event_loop_check(url: str, tools: int) -> float:
     return worst
 
 
-async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: int, max_tokens: int) -> dict[str, list[float | None]]:
-    """One session's first audio per turn: the LLM server answering, frozen, then killed. Before
-    the kill the failover forgets the frozen server (its first turn then meets the dead one)."""
-    phases: dict[str, list[float | None]] = {}
+async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: int, max_tokens: int) -> dict[str, list[tuple[float | None, str]]]:
+    """One session's first audio per turn, and which engine answered it: the LLM server answering,
+    frozen, then killed. At the start of each phase the failover forgets earlier failures (its
+    first turn then meets the server as it is now)."""
+    phases: dict[str, list[tuple[float | None, str]]] = {}
     speech = {name: clip_24k(name) for name in CLIPS}
+    failover = engines.llm
     async with connect(url, max_size=None) as ws:
         await open_session(ws, max_tokens)
         stream = Stream()
@@ -329,14 +331,14 @@ async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: i
                 server.freeze()
             elif phase == "killed":
                 server.kill()
-                health = getattr(engines.llm, "health", None)
-                if health is not None:
-                    health.answered()
+            if hasattr(failover, "health"):
+                failover.health.answered()
             phases[phase] = []
             for number in range(turns):
                 turn = Turn(0, CLIPS[number % len(CLIPS)])
                 await spoken_turn(ws, turn, speech[turn.clip], stream)
-                phases[phase].append(turn.first_audio_s)
+                answered = getattr(failover, "answered_by", None) or "?"
+                phases[phase].append((turn.first_audio_s, "remote" if answered == getattr(failover, "label", None) else "local"))
                 await anyio.sleep(0.5)
     return phases
 
@@ -378,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_before = os.getloadavg()
         results: list[LevelResult] = []
         stall: dict[str, Any] | None = None
-        failover: dict[str, list[float | None]] | None = None
+        failover: dict[str, list[tuple[float | None, str]]] | None = None
         with Server(engines, ServerOptions(max_sessions=args.max_sessions, session=SessionOptions())) as server:
             for n in levels:
                 results.append(anyio.run(run_level, server.url, n, args.turns, args.max_tokens, args.seed, n == args.max_sessions))
@@ -410,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(+{stall['stall_s']:.2f} s); the long item took {stall.get('long_item_transcription_s', float('nan')):.1f} s")
     if failover is not None:
         for phase, values in failover.items():
-            print(f"failover: the LLM server {phase}: first audio per turn " + ", ".join(seconds(v) for v in values) + " s")
+            print(f"failover: the LLM server {phase}: first audio per turn " + ", ".join(f"{seconds(v)} s ({engine})" for v, engine in values))
     for n, worst in loop_blocked.items():
         print(f"event loop: another session's longest wait {worst * 1000:.0f} ms while one sends {n} tools in session.update")
     if args.json:

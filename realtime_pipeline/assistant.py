@@ -8,6 +8,7 @@ from .pipeline import DEFAULT_QUEUE_CAPACITY, Pipeline
 from .stage import Stage
 from .stages.asr import WhisperASR
 from .stages.chunker import SentenceChunker
+from .responder import Responder
 from .stages.llm import LlamaLLM
 from .stages.player import Player
 from .stages.smart_turn import SmartTurn
@@ -23,17 +24,18 @@ def voice_pipeline(
     *,
     vad: WebRTCVAD | VADSettings | None = None,
     turn: SmartTurn | None = None,
-    asr: WhisperASR | None = None,
-    llm: LlamaLLM | None = None,
-    chunker: SentenceChunker | None = None,
-    tts: PiperTTS | None = None,
+    asr: Stage | None = None,
+    llm: Responder | None = None,
+    chunker: Stage | None = None,
+    tts: Stage | None = None,
     conversation: Conversation | None = None,
     tracer: Tracer | None = None,
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
 ) -> Pipeline:
     """Wire a spoken conversation; every stage defaults to its embedded model.
 
-    Pass your own stage instances to change models or settings (they load in
+    Pass your own stage instances to change models or settings (``llm``: any
+    :class:`~.responder.Responder`, e.g. ``OpenAILLM(base_url=...)``; they load in
     :meth:`Pipeline.start`, so instances can be shared by pipelines run one
     after the other). The end of each turn is decided by the semantic detector
     (``VADSettings().turn_taking``, with the Smart Turn audio model ``turn``);

@@ -23,7 +23,8 @@ from .cancellation import CancelToken
 from .frames import SpeechStarted, SpeechStopped, TranscriptFinal, TranscriptPartial
 from .history import FunctionCall, FunctionCallOutput, History, HistoryEntry, UserMessage
 from .history_window import HistoryWindow
-from .interruption import InterruptionSettings, PendingInterruption, has_words
+from .speculation import Speculation
+from .interruption import BargeIn, Cancel, Decision, InterruptionSettings, Pause, Resume
 from .response import Response, ResponseStatus
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ class Conversation:
     ) -> None:
         self.system_prompt = system_prompt
         self.allow_interruptions = allow_interruptions
-        self.interruptions = interruptions or InterruptionSettings()
+        #: The barge-in policy's state machine (its settings: :attr:`interruptions`).
+        self.barge_in = BargeIn(interruptions)
         self.history_window = history_window or HistoryWindow()
         if max_history_messages is not None:
             self.history_window.max_messages = max_history_messages
@@ -127,28 +129,20 @@ class Conversation:
         #: A responder answers (and closes) each turn; else a turn closes with its final transcript.
         #: The pipeline sets it when one of its stages declares ``answers_turns``.
         self.turns_answered = False
-        self.user_speaking = False
         #: Input stream position the VAD has processed up to (sources wait on it).
         self.audio_processed_samples = 0
         self._turn_ids = itertools.count(1)
         self._open_turns: set[int] = set()
         self._listeners: list[Listener] = []
+        #: Listener calls that raised (logged; see :meth:`emit`).
+        self.listener_errors = 0
         self._idle_event: anyio.Event | None = None
         #: Responses begun and not ended yet, oldest first (more than one only without interruptions).
         self._live: list[Response] = []
-        self._pending: PendingInterruption | None = None
-        #: Turns that paused a response that then resumed on the timeout, before their transcript came.
-        self._late_turns: set[int] = set()
-        self._speech_turn: int | None = None
-        self._speech_voiced_ms = 0
         #: Input audio time the VAD has processed up to (the false-interruption clock).
         self.audio_position_ms = 0
         #: Prepare replies during the end-of-turn silence (see begin_speculative_response).
-        self.speculation = speculation
-        self.speculation_hits = 0
-        self.speculation_misses = 0
-        self._speculative: tuple[Response, int] | None = None  # (held response, audio_end_ms it assumes)
-        self._committed_speculation: dict[int, Response] = {}  # turn id -> committed, awaiting its final
+        self.speculative = Speculation(speculation)
 
     # -- events -------------------------------------------------------------
     def add_listener(self, listener: Listener) -> Callable[[], None]:
@@ -156,117 +150,89 @@ class Conversation:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: object) -> None:
+        """Call every listener with ``event``. A listener that raises is logged and skipped:
+        an app's bug never stops the stage that emitted the event, nor the other listeners."""
         for listener in list(self._listeners):
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                self.listener_errors += 1
+                log.exception("conversation listener %r failed on %s", listener, type(event).__name__)
 
     # -- user turns ---------------------------------------------------------
     def new_turn_id(self) -> int:
         return next(self._turn_ids)
 
+    @property
+    def interruptions(self) -> InterruptionSettings:
+        return self.barge_in.settings
+
+    @interruptions.setter
+    def interruptions(self, settings: InterruptionSettings) -> None:
+        self.barge_in.settings = settings
+
+    @property
+    def user_speaking(self) -> bool:
+        return self.barge_in.user_speaking
+
     def user_speech_started(self, event: SpeechStarted) -> None:
         """The VAD heard the user: open the turn (the interruption comes with enough voiced audio)."""
-        self.user_speaking = True
         self._open_turns.add(event.turn_id)
-        self._speech_turn, self._speech_voiced_ms = event.turn_id, 0
         self.discard_speculation()
-        pending = self._pending
-        if pending is not None:  # more speech while paused: its transcript decides too
-            pending.turns.add(event.turn_id)
-            pending.resume_at_ms = None
         active = self.active_response
-        if active is not None and active.played_ms == 0 and self.interruptions.resume_false_interruption:
-            # The user speaks again before the reply was heard (a pause the end-of-turn detector
-            # took for the end): hold it now rather than after min_interruption_ms of talking over.
-            self._interrupt(event.turn_id)
+        unheard = active is not None and active.played_ms == 0
+        self._apply(self.barge_in.speech_started(event.turn_id, can_interrupt=self._can_interrupt(), unheard=unheard))
         self.emit(event)
 
     def user_speech_progress(self, turn_id: int, voiced_ms: int) -> None:
         """VAD: the current turn has ``voiced_ms`` of voiced audio; at ``min_interruption_ms`` it interrupts."""
-        if turn_id != self._speech_turn:
-            return
-        self._speech_voiced_ms = voiced_ms
-        if voiced_ms >= self.interruptions.min_interruption_ms:
-            self._interrupt(turn_id)
+        self._apply(self.barge_in.speech_progress(turn_id, voiced_ms, can_interrupt=self._can_interrupt()))
 
     def user_speech_resumed(self, turn_id: int) -> None:
         """VAD: the user spoke again after a pause: a reply prepared for that pause is void."""
         self.discard_speculation()
 
     def user_speech_stopped(self, event: SpeechStopped) -> None:
-        self.user_speaking = False
-        self._speech_turn = None
+        self.barge_in.speech_stopped(event.turn_id, event.audio_end_ms)
         self._settle_speculation(event)
-        pending = self._pending
-        if pending is not None and event.turn_id in pending.turns:
-            pending.resume_at_ms = event.audio_end_ms + self.interruptions.false_interruption_ms
         self.emit(event)
         self._update_idle()
 
     def advance_audio(self, position_ms: int) -> None:
         """VAD: input audio processed up to ``position_ms``; resumes a false interruption on time."""
         self.audio_position_ms = position_ms
-        pending = self._pending
-        if (
-            pending is not None
-            and pending.resume_at_ms is not None
-            and not self.user_speaking
-            and position_ms >= pending.resume_at_ms
-        ):
-            self._resume("timeout")
+        self._apply(self.barge_in.audio_advanced(position_ms))
 
     def transcript_partial(self, event: TranscriptPartial) -> None:
         self.emit(event)
-        if has_words(event.text):
-            self._confirm(event.turn_id)
+        self._apply(self.barge_in.transcript(event.turn_id, event.text, final=False, live=bool(self._live)))
 
     def transcript_final(self, event: TranscriptFinal) -> None:
         self.emit(event)
-        if has_words(event.text):
-            self._confirm(event.turn_id)
-        self._late_turns.discard(event.turn_id)
-        pending = self._pending
-        if pending is not None and event.turn_id in pending.turns:
-            pending.turns.discard(event.turn_id)
-            if not pending.turns and not self.user_speaking:
-                self._resume("no_words")
+        self._apply(self.barge_in.transcript(event.turn_id, event.text, final=True, live=bool(self._live)))
         if not self.turns_answered:
             self.close_turn(event.turn_id)
 
-    # -- interruptions ------------------------------------------------------
-    def _interrupt(self, turn_id: int) -> None:
-        """The user has spoken enough over the active response: pause it (or cancel it)."""
-        response = self.active_response
-        if not self.allow_interruptions or response is None:
-            return
-        if not self.interruptions.resume_false_interruption:
-            self.cancel_response("turn_detected")
-            return
-        if self._pending is not None:
-            self._pending.turns.add(turn_id)
-            return
-        if not response.pause():
-            return
-        self._pending = PendingInterruption(response, {turn_id}, paused_at_s=time.monotonic())
-        log.debug("response %s paused by turn %d after %.0f ms played", response.id, turn_id, response.played_ms)
-        self.emit(ResponsePaused(response, turn_id, response.played_ms))
+    # -- interruptions: doing what the barge-in policy decided ----------------------
+    def _can_interrupt(self) -> bool:
+        return self.allow_interruptions and self.active_response is not None
 
-    def _confirm(self, turn_id: int) -> None:
-        """The speech that paused the response has words: a real interruption (also when they
-        come only after the timeout resumed it)."""
-        pending = self._pending
-        if (pending is not None and turn_id in pending.turns) or (turn_id in self._late_turns and self._live):
-            self._late_turns.discard(turn_id)
-            self.cancel_response("turn_detected")
-
-    def _resume(self, reason: str) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None and reason == "timeout":
-            self._late_turns |= pending.turns
-        if pending is not None and pending.response.resume():
-            paused_ms = 1000.0 * (time.monotonic() - pending.paused_at_s)
-            log.debug("response %s resumed (%s) after %.0f ms paused", pending.response.id, reason, paused_ms)
-            self.emit(ResponseResumed(pending.response, reason, paused_ms))
+    def _apply(self, decision: Decision) -> None:
+        if isinstance(decision, Cancel):
+            self.cancel_response(decision.reason)
+        elif isinstance(decision, Pause):
+            response = self.active_response
+            if response is not None and response.pause():
+                self.barge_in.paused(response, decision.turn_id, time.monotonic())
+                log.debug("response %s paused by turn %d after %.0f ms played", response.id, decision.turn_id, response.played_ms)
+                self.emit(ResponsePaused(response, decision.turn_id, response.played_ms))
+        elif isinstance(decision, Resume):
+            pending = decision.pending
+            if pending.response.resume():
+                paused_ms = 1000.0 * (time.monotonic() - pending.paused_at_s)
+                log.debug("response %s resumed (%s) after %.0f ms paused", pending.response.id, decision.reason, paused_ms)
+                self.emit(ResponseResumed(pending.response, decision.reason, paused_ms))
 
     def close_turn(self, turn_id: int) -> None:
         """The turn needs nothing more (answered, or nothing to answer)."""
@@ -291,8 +257,7 @@ class Conversation:
         self.active_response = response
         self._open_turns.discard(turn_id)
         self.emit(ResponseStarted(response))
-        if self._speech_turn is not None and self._speech_voiced_ms >= self.interruptions.min_interruption_ms:
-            self._interrupt(self._speech_turn)  # the user is already talking over it
+        self._apply(self.barge_in.response_began(can_interrupt=self._can_interrupt()))  # already talked over?
         return response
 
     def cancel_response(self, reason: str = "client_cancelled") -> Response | None:
@@ -305,8 +270,7 @@ class Conversation:
                 cancelled.append(response)
         self._live.clear()
         self.active_response = None
-        if self._pending is not None:
-            self._pending = None
+        self.barge_in.response_ended()
         for response in cancelled:
             log.debug("response %s cancelled (%s) after %.0f ms played", response.id, reason, response.played_ms)
             self.emit(ResponseInterrupted(response, reason, response.played_ms, response.heard_text()))
@@ -323,59 +287,68 @@ class Conversation:
         stop elsewhere, discards it (and its history entries). Returns None when
         not speculating: speculation off, or another reply still live.
         """
-        if not self.speculation or self._live or self._pending is not None:
+        if not self.speculative.enabled or self._live or self.barge_in.pending is not None:
             return None
-        if turn_id not in self._open_turns or not self.user_speaking or turn_id != self._speech_turn:
+        if turn_id not in self._open_turns or not self.user_speaking or turn_id != self.barge_in.speech_turn:
             return None  # the turn already ended: its final transcript takes the normal path
         self.discard_speculation()
         response = Response(turn_id, user_text, parent_token=self.token)
         response.pause()
         self.history.append(UserMessage(turn_id, user_text))
         self.history.append(response)
-        self._speculative = (response, audio_end_ms)
+        self.speculative.hold(response, audio_end_ms)
         return response
 
     def _settle_speculation(self, event: SpeechStopped) -> None:
-        if self._speculative is None:
+        committed, discarded = self.speculative.settle(event.turn_id, event.audio_end_ms)
+        if discarded is not None:
+            self._drop_speculative(discarded)
+        if committed is None:
             return
-        response, audio_end_ms = self._speculative
-        if response.turn_id != event.turn_id or audio_end_ms != event.audio_end_ms:
-            self.discard_speculation()
-            return
-        self._speculative = None
-        self._committed_speculation[response.turn_id] = response
-        self._live.append(response)
-        self.active_response = response
-        self._open_turns.discard(response.turn_id)
-        response.resume()
-        self.emit(ResponseStarted(response))
+        self._live.append(committed)
+        self.active_response = committed
+        self._open_turns.discard(committed.turn_id)
+        committed.resume()
+        self.emit(ResponseStarted(committed))
 
     def discard_speculation(self) -> None:
         """Drop the held speculative reply, if any (a miss)."""
-        if self._speculative is None:
-            return
-        response, _ = self._speculative
-        self._speculative = None
+        response = self.speculative.discard()
+        if response is not None:
+            self._drop_speculative(response)
+
+    def _drop_speculative(self, response: Response) -> None:
         response.cancel("speculation_discarded")
         self.history.remove_where(lambda item: item is response or (
             isinstance(item, UserMessage) and item.turn_id == response.turn_id and item.text == response.user_text))
-        self.speculation_misses += 1
 
     def answered_by_speculation(self, turn_id: int, text: str) -> bool:
         """The final transcript of ``turn_id`` arrived: True if the committed speculative reply
         already answers exactly this text (a hit). A changed transcript cancels that reply, so
         the caller answers the final one normally."""
-        response = self._committed_speculation.pop(turn_id, None)
-        if response is None:
-            return False
-        if response.user_text == text:
-            self.speculation_hits += 1
-            return True
-        self.speculation_misses += 1
-        self.cancel_response("superseded")
-        self.history.remove_where(lambda item: (
-            isinstance(item, UserMessage) and item.turn_id == turn_id and item.text == response.user_text))
-        return False
+        hit, void = self.speculative.answered(turn_id, text)
+        if void is not None:
+            self.cancel_response("superseded")
+            self.history.remove_where(lambda item: (
+                isinstance(item, UserMessage) and item.turn_id == turn_id and item.text == void.user_text))
+        return hit
+
+    @property
+    def speculation(self) -> bool:
+        """Prepare replies during the end-of-turn silence (see begin_speculative_response)."""
+        return self.speculative.enabled
+
+    @speculation.setter
+    def speculation(self, enabled: bool) -> None:
+        self.speculative.enabled = enabled
+
+    @property
+    def speculation_hits(self) -> int:
+        return self.speculative.hits
+
+    @property
+    def speculation_misses(self) -> int:
+        return self.speculative.misses
 
     def complete_response(self, response: Response) -> None:
         """The player played the response to the end."""
@@ -385,8 +358,7 @@ class Conversation:
             self._live.remove(response)
         if self.active_response is response:
             self.active_response = self._live[-1] if self._live else None
-        if self._pending is not None and self._pending.response is response:
-            self._pending = None
+        self.barge_in.response_ended(response)
         self.emit(ResponseDone(response, response.played_ms))
         self._update_idle()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Union
 
 from .response import Response
 
@@ -86,3 +87,138 @@ class PendingInterruption:
     turns: set[int] = field(default_factory=set)
     resume_at_ms: int | None = None
     paused_at_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Decision: pause the active response for the speech of ``turn_id`` (then :meth:`BargeIn.paused`)."""
+
+    turn_id: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Decision: cancel the live responses (a real interruption)."""
+
+    reason: str = "turn_detected"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Decision: the paused response plays on (a false interruption: ``no_words`` or ``timeout``)."""
+
+    pending: PendingInterruption
+    reason: str
+
+
+Decision = Union[Pause, Cancel, Resume, None]
+
+
+class BargeIn:
+    """The barge-in policy of the module's docstring, as a state machine.
+
+    Fed the VAD's and the ASR's events and the input-audio clock, it returns what to do to
+    the active response (:class:`Pause`, :class:`Cancel`, :class:`Resume` or None); the
+    conversation does it and reports a pause that took (:meth:`paused`). It touches no
+    response and reads no clock, so a test drives it with plain numbers.
+    ``can_interrupt``: interruptions are allowed and a response is active.
+    """
+
+    def __init__(self, settings: InterruptionSettings | None = None) -> None:
+        self.settings = settings or InterruptionSettings()
+        self.user_speaking = False
+        self.pending: PendingInterruption | None = None
+        self._speech_turn: int | None = None
+        self._voiced_ms = 0
+        #: Turns that paused a response that then resumed on the timeout, before their transcript came.
+        self._late_turns: set[int] = set()
+
+    @property
+    def speech_turn(self) -> int | None:
+        """The turn the user is speaking now (None between turns)."""
+        return self._speech_turn
+
+    def speech_started(self, turn_id: int, *, can_interrupt: bool, unheard: bool) -> Decision:
+        """The VAD heard the user. ``unheard``: the active response has not played a sample yet
+        (a pause the end-of-turn detector took for the end): hold it at once rather than after
+        ``min_interruption_ms`` of talking over."""
+        self.user_speaking = True
+        self._speech_turn, self._voiced_ms = turn_id, 0
+        if self.pending is not None:  # more speech while paused: its transcript decides too
+            self.pending.turns.add(turn_id)
+            self.pending.resume_at_ms = None
+        if unheard and self.settings.resume_false_interruption:
+            return self._interrupt(turn_id, can_interrupt)
+        return None
+
+    def speech_progress(self, turn_id: int, voiced_ms: int, *, can_interrupt: bool) -> Decision:
+        """The current turn has ``voiced_ms`` of voiced audio; at ``min_interruption_ms`` it interrupts."""
+        if turn_id != self._speech_turn:
+            return None
+        self._voiced_ms = voiced_ms
+        if voiced_ms >= self.settings.min_interruption_ms:
+            return self._interrupt(turn_id, can_interrupt)
+        return None
+
+    def speech_stopped(self, turn_id: int, audio_end_ms: int) -> None:
+        self.user_speaking = False
+        self._speech_turn = None
+        if self.pending is not None and turn_id in self.pending.turns:
+            self.pending.resume_at_ms = audio_end_ms + self.settings.false_interruption_ms
+
+    def audio_advanced(self, position_ms: int) -> Decision:
+        """Input audio processed up to ``position_ms``: a false interruption resumes on time."""
+        pending = self.pending
+        if pending is not None and pending.resume_at_ms is not None and not self.user_speaking and position_ms >= pending.resume_at_ms:
+            return self._resume("timeout")
+        return None
+
+    def transcript(self, turn_id: int, text: str, *, final: bool, live: bool) -> Decision:
+        """A partial or final transcript of ``turn_id``; ``live``: a response is still live."""
+        if has_words(text):
+            pending = self.pending
+            if (pending is not None and turn_id in pending.turns) or (turn_id in self._late_turns and live):
+                self._late_turns.discard(turn_id)  # words: a real interruption (also after a timeout resume)
+                return Cancel()
+        if not final:
+            return None
+        self._late_turns.discard(turn_id)
+        pending = self.pending
+        if pending is not None and turn_id in pending.turns:
+            pending.turns.discard(turn_id)
+            if not pending.turns and not self.user_speaking:
+                return self._resume("no_words")
+        return None
+
+    def response_began(self, *, can_interrupt: bool) -> Decision:
+        """A response began: the user may already be talking over it."""
+        if self._speech_turn is not None and self._voiced_ms >= self.settings.min_interruption_ms:
+            return self._interrupt(self._speech_turn, can_interrupt)
+        return None
+
+    def paused(self, response: Response, turn_id: int, at_s: float) -> None:
+        """The conversation paused ``response`` for ``turn_id`` (a :class:`Pause` that took)."""
+        self.pending = PendingInterruption(response, {turn_id}, paused_at_s=at_s)
+
+    def response_ended(self, response: Response | None = None) -> None:
+        """``response`` ended (None: every live response was cancelled): nothing waits to resume."""
+        if self.pending is not None and (response is None or self.pending.response is response):
+            self.pending = None
+
+    def _interrupt(self, turn_id: int, can_interrupt: bool) -> Decision:
+        if not can_interrupt:
+            return None
+        if not self.settings.resume_false_interruption:
+            return Cancel()
+        if self.pending is not None:
+            self.pending.turns.add(turn_id)
+            return None
+        return Pause(turn_id)
+
+    def _resume(self, reason: str) -> Resume | None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return None
+        if reason == "timeout":
+            self._late_turns |= pending.turns
+        return Resume(pending, reason)

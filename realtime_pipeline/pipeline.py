@@ -31,6 +31,14 @@ log = logging.getLogger(__name__)
 DEFAULT_QUEUE_CAPACITY = 32
 
 
+def _single_cause(error: Exception) -> Exception:
+    """The one error inside (nested) exception groups of a stage's own task group, else ``error``:
+    the StageError then says what failed, not "unhandled errors in a TaskGroup"."""
+    while isinstance(error, ExceptionGroup) and len(error.exceptions) == 1 and isinstance(error.exceptions[0], Exception):
+        error = error.exceptions[0]
+    return error
+
+
 class StageError(RuntimeError):
     """A stage failed; the pipeline stopped. ``stage_name`` says which."""
 
@@ -110,7 +118,8 @@ class Pipeline:
                     await stage.run(self.context, inbox, outbox)
             except Exception as error:
                 self.conversation.token.cancel(f"stage {stage.name} failed")
-                raise StageError(stage.name, error) from error
+                cause = _single_cause(error)
+                raise StageError(stage.name, cause) from cause
 
         async def drain(inbox: Inbox) -> None:
             async with inbox:

@@ -145,10 +145,16 @@ class Client:
                     return event
                 assert event["type"] != "error", f"unexpected error while waiting for {event_type}: {event}"
 
-    async def append_audio(self, samples: np.ndarray, *, trailing_silence_ms: int = 1200) -> None:
+    async def append_audio(self, samples: np.ndarray, *, trailing_silence_ms: int = 1200, realtime: bool = False) -> None:
+        """Append 24 kHz speech with 300 ms of silence before and ``trailing_silence_ms`` after;
+        ``realtime``: paced like a microphone (each chunk when its audio would have been heard)."""
         silence = np.zeros(24 * trailing_silence_ms, dtype=np.int16)
+        began, sent_s = anyio.current_time(), 0.0
         for chunk in pcm16_chunks(np.concatenate([np.zeros(24 * 300, dtype=np.int16), samples, silence])):
             await self.send({"type": "input_audio_buffer.append", "audio": chunk})
+            if realtime:
+                sent_s += len(base64.b64decode(chunk)) / 2 / 24_000
+                await anyio.sleep(max(0.0, began + sent_s - anyio.current_time()))
 
     def since(self, start: int) -> list[dict[str, Any]]:
         return self.events[start:]

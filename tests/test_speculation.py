@@ -93,7 +93,7 @@ class ScriptedTurn(Stage):
                 await outbox.send(TranscriptFinal(turn, args[0], 0, args[1]))
             elif kind == "until_ready":  # the held reply has audio waiting for the commit
                 with anyio.fail_after(30):
-                    while not (conversation._speculative and conversation._speculative[0].chunks):
+                    while not (conversation.speculative.held and conversation.speculative.held.response.chunks):
                         await anyio.sleep(0.005)
             elif kind == "sleep":
                 await anyio.sleep(args[0])

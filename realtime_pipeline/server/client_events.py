@@ -261,13 +261,13 @@ class ClientEventsMixin:
         self._pending_samples += len(samples)
         while self._pending_samples > MAX_PENDING_S * INPUT_SAMPLE_RATE_HZ and len(self._pending_audio) > 1:
             self._pending_samples -= len(self._pending_audio.pop(0))  # keep the most recent audio only
-        self._audio_send.send_nowait(samples)
+        await self._audio_send.send(samples)
 
     async def _commit(self, data: dict[str, Any]) -> None:
         tail = self._decoder.flush()
         if tail.size:
             self._pending_audio.append(tail)
-            self._audio_send.send_nowait(tail)
+            await self._audio_send.send(tail)
         samples = np.concatenate(self._pending_audio) if self._pending_audio else np.zeros(0, dtype=np.int16)
         if len(samples) * 1000 < MIN_COMMIT_MS * INPUT_SAMPLE_RATE_HZ:
             raise ProtocolError(
@@ -277,7 +277,7 @@ class ClientEventsMixin:
             )
         self._pending_audio, self._pending_samples = [], 0
         item = self._commit_user_audio(new_id("item"))
-        self._jobs_send.send_nowait(Job("transcribe", item=item, audio=samples))
+        self.queue_job(Job("transcribe", item=item, audio=samples))
 
     def _commit_user_audio(self, item_id: str) -> ItemRecord:
         previous = self.items[-1].id if self.items else None
@@ -312,7 +312,7 @@ class ClientEventsMixin:
             self._insert_history(item.ref, before)
         self._emit_item_added(item, previous)
         if audio is not None:
-            self._jobs_send.send_nowait(Job("transcribe", item=item, audio=audio))
+            self.queue_job(Job("transcribe", item=item, audio=audio))
 
     async def _check_item_limits(self, item: ItemRecord) -> None:
         for index, part in enumerate(item.content):
@@ -462,9 +462,9 @@ class ClientEventsMixin:
             await anyio.to_thread.run_sync(self._check_tools, request.tools, request.tool_choice, "response")
         if self._active is not None or self._queued is not None:  # one arrived while the checks ran
             raise ProtocolError("Conversation already has an active response in progress.", code="conversation_already_has_active_response")
+        self.queue_job(Job("respond", request=request))
         self._urgency.begin(self.id)  # the client waits for this response's first output
         self._queued = request
-        self._jobs_send.send_nowait(Job("respond", request=request))
 
     def _request(self, o: Mapping[str, Any]) -> ResponseRequest:
         c = self.config

@@ -87,6 +87,11 @@ class _Tap:
         self.session, self.state, self.outbox, self.audio = session, state, outbox, audio
 
     async def send(self, frame: object) -> None:
+        if self.record(frame) and self.audio:
+            await self.outbox.send(frame)
+
+    def record(self, frame: object) -> bool:
+        """The events of ``frame``; True if it goes on to the TTS (audio replies)."""
         state, response = self.state, self.state.response
         assert response is not None
         if isinstance(frame, (TextDelta, ResponseEnd)) and state.part is None and not any(
@@ -101,15 +106,51 @@ class _Tap:
                 state.part.text = (state.part.text or "") + frame.text
             name = "response.output_audio_transcript.delta" if self.audio else "response.output_text.delta"
             self.session.emit(name, **self.session.part_ids(state), delta=frame.text)
-            if self.audio:
-                await self.outbox.send(frame)
-        elif isinstance(frame, ResponseEnd):
+            return True
+        if isinstance(frame, ResponseEnd):
             if any(item.type == "function_call" for item in state.output):
-                return  # the call ended the response (ClientTools)
-            if self.audio:
-                await self.outbox.send(frame)
-            else:
+                return False  # the call ended the response (ClientTools)
+            if not self.audio:
                 self.session.conversation.complete_response(response)
+            return True
+        return False
+
+
+class SpeculativeTap:
+    """The outbox of a speculative reply (server VAD, during the end-of-turn silence).
+
+    Its frames go on to the TTS at once (the player holds the audio while the reply is held),
+    but no event goes out: the client sees the response only once the turn ends where the
+    preview assumed (:meth:`attach`, which replays the text written so far as events). A
+    discarded speculation leaves no trace on the wire."""
+
+    def __init__(self, session: RealtimeSession, outbox: Outbox) -> None:
+        self.session, self.outbox = session, outbox
+        self._tap: _Tap | None = None
+        self._written: list[object] = []
+
+    async def send(self, frame: object) -> None:
+        if self._tap is None:
+            self._written.append(frame)
+        elif not self._tap.record(frame):
+            return
+        await self.outbox.send(frame)
+
+    def attach(self, state: ResponseState) -> None:
+        self._tap = _Tap(self.session, state, self.outbox, audio=True)
+        for frame in self._written:
+            self._tap.record(frame)
+        self._written = []
+
+
+@dataclass
+class Speculating:
+    """The speculative reply of the session (``state``: once committed, the response it became)."""
+
+    response: Response
+    request: ResponseRequest
+    tap: SpeculativeTap
+    state: ResponseState | None = None
 
 
 class ClientTools(ToolStrategy):
@@ -169,6 +210,9 @@ class ResponsesMixin:
 
     async def _respond(self, ctx: StageContext, outbox: Outbox, request: ResponseRequest) -> None:
         conversation = self.conversation
+        if self._speculating is not None and self._speculating.state is None:
+            conversation.discard_speculation()  # a reply for a pause; the client asked for another
+            self._speculating = None
         state = ResponseState(new_id("resp"), request)
         self._active, self._queued = state, None
         if request.cancelled:
@@ -206,6 +250,54 @@ class ResponsesMixin:
                 tools=registry, tool_choice=request.tool_choice if len(registry) else "none",
                 max_tokens=max_tokens, temperature=request.temperature, strategy=ClientTools(self, state),
             )
+
+    # -- speculation (server VAD) -------------------------------------------------------
+    def _may_speculate(self) -> bool:
+        spec = self._speculating
+        if spec is not None and spec.state is None and spec.response.cancelled:
+            self._speculating = spec = None  # discarded (speech resumed, or the turn ended elsewhere)
+        td = self.config.turn_detection
+        return (
+            spec is None and td is not None and td.create_response and not self.config.tools
+            and self._active is None and self._queued is None and self.conversation.speculation
+            and not self._closing
+        )
+
+    async def speculate(self, ctx: StageContext, outbox: Outbox, text: str, turn_id: int, audio_end_ms: int) -> None:
+        """Prepare the reply to a turn that may be ending (the ASR's preview), as the library's
+        pipeline does (:mod:`...speculation`): it plays at once if the turn ends where assumed."""
+        if not self._may_speculate():
+            return
+        request = self._request({})
+        if "audio" not in request.modalities:
+            return
+        held = self.conversation.begin_speculative_response(turn_id, text, audio_end_ms)
+        if held is None:
+            return
+        spec = self._speculating = Speculating(held, request, SpeculativeTap(self, outbox))
+        max_tokens = max_tokens_of(request.max_output_tokens, self.engines.llm.max_tokens)
+        self.conversation.budget_tokens = self._prompt_budget(max_tokens, ToolRegistry())
+        saved_prompt = self.conversation.system_prompt
+        self.conversation.system_prompt = request.instructions or DEFAULT_SYSTEM_PROMPT
+        try:
+            with priority(Priority.FIRST_CLAUSE):
+                await self.responder.generate(ctx, held, spec.tap, tools=ToolRegistry(), max_tokens=max_tokens,
+                                              temperature=request.temperature)
+        finally:
+            self.conversation.system_prompt = saved_prompt
+            if spec.state is None and held.cancelled and self._speculating is spec:
+                self._speculating = None
+
+    def _commit_speculation(self) -> None:
+        """The turn ended where the preview assumed: the held reply is the session's response now."""
+        spec = self._speculating
+        if spec is None or spec.state is not None or self.conversation.active_response is not spec.response:
+            return
+        state = ResponseState(spec.response.id, spec.request, response=spec.response)
+        spec.state = state
+        self._active = state
+        self.emit("response.created", response=self._response_object(state, "in_progress"))
+        spec.tap.attach(state)
 
     def _prompt_budget(self, max_tokens: int, registry: ToolRegistry) -> int:
         """Tokens the prompt may take: the context less the reply (at most a quarter of it) and
@@ -272,6 +364,8 @@ class ResponsesMixin:
         input_tokens = sum(self.engines.count_tokens(str(m.get("content") or "")) for m in self.conversation.messages())
         usage = {"total_tokens": input_tokens + state.output_tokens, "input_tokens": input_tokens, "output_tokens": state.output_tokens}
         self._urgency.end(self.id)
+        if self._speculating is not None and self._speculating.state is state:
+            self._speculating = None
         self.emit("response.done", response=self._response_object(state, status, details, usage))
         if self._active is state:
             self._active = None

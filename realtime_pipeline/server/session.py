@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -50,13 +49,20 @@ from .protocol import (
     event_name,
     new_id,
 )
-from .responses import Job, ResponseRequest, ResponsesMixin, ResponseState
+from .responses import Job, ResponseRequest, ResponsesMixin, ResponseState, Speculating
 from .stages import EventOutput, InputSource, Responder, SwitchableVAD
 
 log = logging.getLogger(__name__)
 
 #: Client messages longer than this are parsed in a worker thread (a big append or tool list).
 LARGE_MESSAGE_CHARS = 256 * 1024
+#: Bounds of the session's queues. Events to the client: a client that reads none of ~20 s of
+#: paced audio deltas and their transcript is gone or stuck (the session closes). Audio chunks
+#: into the pipeline: an append waits for room (backpressure on the socket). Jobs: commits and
+#: response.create waiting for the response loop (more are refused with an error).
+MAX_QUEUED_EVENTS = 4096
+MAX_QUEUED_AUDIO_CHUNKS = 256
+MAX_QUEUED_JOBS = 16
 
 
 def parse_event(text: str) -> Any:
@@ -83,6 +89,8 @@ class SessionOptions:
     output_lead_ms: int = 500
     output_block_ms: int = 100
     instructions: str = DEFAULT_SYSTEM_PROMPT
+    #: Barge-in: the library's policy (pause at once, cancel on words, resume on no words).
+    interruptions: InterruptionSettings = field(default_factory=InterruptionSettings)
 
 
 class RealtimeSession(ClientEventsMixin, ResponsesMixin):
@@ -108,12 +116,11 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self.conversation_id = new_id("conv")
         self.config = SessionConfig(instructions=self.options.instructions, **({"model": model} if model else {}))
         self._send_json = send_json
-        self._outgoing_send, self._outgoing = anyio.create_memory_object_stream[dict](math.inf)
-        self._audio_send, audio_receive = anyio.create_memory_object_stream[np.ndarray](math.inf)
-        self._jobs_send, self._jobs = anyio.create_memory_object_stream[Job](math.inf)
-        self.conversation = FittingConversation(
-            self.config.instructions, interruptions=InterruptionSettings(resume_false_interruption=False)
-        )
+        self._outgoing_send, self._outgoing = anyio.create_memory_object_stream[dict](MAX_QUEUED_EVENTS)
+        self._audio_send, audio_receive = anyio.create_memory_object_stream[np.ndarray](MAX_QUEUED_AUDIO_CHUNKS)
+        self._jobs_send, self._jobs = anyio.create_memory_object_stream[Job](MAX_QUEUED_JOBS)
+        # The library's barge-in policy, false-interruption resume included (docs/server.md).
+        self.conversation = FittingConversation(self.config.instructions, interruptions=self.options.interruptions)
         self.conversation.count_tokens = engines.count_tokens
         self.items: list[ItemRecord] = []
         self._decoder = AudioDecoder(self.config.input_format, INPUT_SAMPLE_RATE_HZ)
@@ -123,6 +130,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         self._turn_items: dict[int, ItemRecord] = {}
         self._active: ResponseState | None = None
         self._queued: ResponseRequest | None = None
+        self._speculating: Speculating | None = None
         self._closing = False
         self._sending_closed = False
         self.failed = False
@@ -199,7 +207,27 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         wire_name = event_name(event_type, self.dialect)
         if wire_name is None or self._sending_closed:
             return
-        self._outgoing_send.send_nowait({"type": wire_name, "event_id": event_id(), **fields})
+        try:
+            self._outgoing_send.send_nowait({"type": wire_name, "event_id": event_id(), **fields})
+        except anyio.WouldBlock:  # the client stopped reading: end the session rather than grow without bound
+            log.warning("session %s: %d events queued and the client reads none; closing", self.id, MAX_QUEUED_EVENTS)
+            self._sending_closed = True
+            self.failed = True
+            if self._group is not None:
+                self._group.cancel_scope.cancel()
+        except anyio.ClosedResourceError:
+            self._sending_closed = True
+
+    def queue_job(self, job: Job) -> None:
+        """Queue work for the response loop; a client that queues more than :data:`MAX_QUEUED_JOBS`
+        gets an error (its event is refused, the session goes on)."""
+        try:
+            self._jobs_send.send_nowait(job)
+        except anyio.WouldBlock:
+            raise ProtocolError(
+                f"too many commits and responses waiting ({MAX_QUEUED_JOBS}): wait for the ones in progress",
+                code="rate_limit_exceeded",
+            ) from None
 
     def emit_rate_limits(self, prompt_tokens: int = 0) -> None:
         """``rate_limits.updated``: the server's sessions (as ``requests``) and the LLM's context
@@ -259,6 +287,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             self.emit("input_audio_buffer.speech_stopped", audio_end_ms=event.audio_end_ms, item_id=pending.id)
             self._pending_audio, self._pending_samples = [], 0
             self._turn_items[event.turn_id] = self._commit_user_audio(pending.id)
+            self._commit_speculation()  # a reply held for this pause plays now
         elif isinstance(event, (ResponseDone, ResponseInterrupted)):
             state = self._active
             if state is not None and state.response is event.response:
@@ -271,8 +300,16 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
         if item is None or self._closing:
             self.conversation.close_turn(frame.turn_id)
             return
-        words = self._transcribed(item, frame.text, frame.turn_id, (frame.audio_end_ms - frame.audio_start_ms) / 1000.0)
+        spec = self._speculating
+        answered = (
+            spec is not None and spec.state is not None and spec.response.turn_id == frame.turn_id
+            and self.conversation.answered_by_speculation(frame.turn_id, frame.text.strip())
+        )
+        existing = self._speculated_user_message(spec) if answered and spec is not None else None
+        words = self._transcribed(item, frame.text, frame.turn_id, (frame.audio_end_ms - frame.audio_start_ms) / 1000.0, existing)
         self.conversation.close_turn(frame.turn_id)
+        if answered:
+            return  # the speculative reply answers these very words
         td = self.config.turn_detection
         if not (words and td is not None and td.create_response):
             self._urgency.end(self.id)  # nothing to answer
@@ -284,10 +321,20 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             except ProtocolError as error:  # the session's own settings: validated at session.update
                 self.emit_error(error)
                 return
-            self._jobs_send.send_nowait(Job("respond", request=self._queued))
+            try:
+                self.queue_job(Job("respond", request=self._queued))
+            except ProtocolError as error:
+                self._queued = None
+                self.emit_error(error)
 
-    def _transcribed(self, item: ItemRecord, text: str, turn_id: int, seconds: float) -> bool:
-        """Record a user audio item's transcript (or its failure); True if it has words to answer."""
+    def _speculated_user_message(self, spec: Speculating) -> UserMessage | None:
+        """The user's words the speculative reply answers (already in the history, before it)."""
+        return next((item for item in self.conversation.history if isinstance(item, UserMessage)
+                     and item.turn_id == spec.response.turn_id and item.text == spec.response.user_text), None)
+
+    def _transcribed(self, item: ItemRecord, text: str, turn_id: int, seconds: float, existing: UserMessage | None = None) -> bool:
+        """Record a user audio item's transcript (or its failure); True if it has words to answer.
+        ``existing``: the history already holds these words (a speculative reply's)."""
         failures, self.asr.failures = self.asr.failures, []
         if failures and not text:
             self.emit(
@@ -306,6 +353,9 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
             )
         if not has_words(text) or item not in self.items:
             return False
+        if existing is not None:
+            item.ref = existing
+            return True
         entry = UserMessage(turn_id, text)
         index = self.items.index(item)
         following = next((i.ref for i in self.items[index + 1 :] if i.ref is not None), None)

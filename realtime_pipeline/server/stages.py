@@ -97,15 +97,20 @@ class Responder(Stage):
             async for frame in inbox:
                 if isinstance(frame, TranscriptFinal):
                     self.session.on_transcript(frame)
-                elif isinstance(frame, TranscriptPreview) and self.session.wants_text_end_of_turn():
-                    # semantic_vad's text score: the shared LLM reads the previewed words (beside the loop)
-                    group.start_soon(self._score_end_of_turn, ctx, frame)
+                elif isinstance(frame, TranscriptPreview):
+                    group.start_soon(self._preview, ctx, outbox, frame)
             group.cancel_scope.cancel()
 
 
-    async def _score_end_of_turn(self, ctx: StageContext, preview: TranscriptPreview) -> None:
-        with priority(Priority.FINAL_TRANSCRIPT):  # the turn's end waits on it, like its final pass
-            await self.session.responder.emit_end_of_turn_score(ctx.conversation, preview)
+    async def _preview(self, ctx: StageContext, outbox: Outbox, preview: TranscriptPreview) -> None:
+        """A pause's preview (beside the loop): semantic_vad's text score first (the turn's end
+        waits on it, and the reply's prompt then reuses its KV cache), then the speculative reply
+        to the pause, held until the turn ends there (as the library's Responder does)."""
+        if self.session.wants_text_end_of_turn():
+            with priority(Priority.FINAL_TRANSCRIPT):  # like the turn's final pass
+                await self.session.responder.emit_end_of_turn_score(ctx.conversation, preview)
+        if preview.text.strip():
+            await self.session.speculate(ctx, outbox, preview.text.strip(), preview.turn_id, preview.audio_end_ms)
 
 
 class EventOutput(AudioOutput):

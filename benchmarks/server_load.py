@@ -82,6 +82,8 @@ class Turn:
     first_audio_s: float | None = None
     transcript_s: float | None = None
     completed: bool = False
+    status: str | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -121,7 +123,9 @@ class Server:
         self.thread.join(timeout=30)
 
 
-async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = None) -> dict[str, Any]:
+async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = None, on_error: Any = None) -> dict[str, Any]:
+    """The next ``wanted`` event; an error event raises, or with ``on_error`` is passed to it (the
+    session lives on: a failed response still ends with ``response.done``)."""
     with anyio.fail_after(timeout_s):
         while True:
             event = json.loads(await ws.recv())
@@ -130,7 +134,9 @@ async def receive_until(ws: Any, wanted: str, timeout_s: float, on_event: Any = 
             if event["type"] == wanted:
                 return event
             if event["type"] == "error":
-                raise RuntimeError(f"server error: {event['error']}")
+                if on_error is None:
+                    raise RuntimeError(f"server error: {event['error']}")
+                on_error(event["error"])
 
 
 async def open_session(ws: Any, max_tokens: int) -> None:
@@ -182,14 +188,19 @@ async def spoken_turn(ws: Any, turn: Turn, speech: np.ndarray, stream: Stream) -
             stream.sent_ms += len(piece) * 1000 // RATE_HZ
             await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": b64(piece)}))
 
+    def on_error(error: dict[str, Any]) -> None:
+        turn.error = str(error.get("message"))
+        print(f"session {turn.session}, {turn.clip}: {turn.error}", file=sys.stderr)
+
     async with anyio.create_task_group() as group:
         group.start_soon(send)
-        await receive_until(ws, "response.done", TURN_TIMEOUT_S, on_event)
+        done = await receive_until(ws, "response.done", TURN_TIMEOUT_S, on_event, on_error)
     end = times.get("end")
     if end is not None:
         turn.transcript_s = times["transcript"] - end if "transcript" in times else None
         turn.first_audio_s = times["audio"] - end if "audio" in times else None
-    turn.completed = True
+    turn.status = done["response"]["status"]
+    turn.completed = turn.status != "failed"  # "incomplete": the reply reached its token cap
 
 
 async def run_level(url: str, sessions: int, turns: int, max_tokens: int, seed: int, check_admission: bool) -> LevelResult:
@@ -305,11 +316,13 @@ async def run_event_loop_check(url: str, tools: int) -> float:
     return worst
 
 
-async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: int, max_tokens: int) -> dict[str, list[float | None]]:
-    """One session's first audio per turn: the LLM server answering, frozen, then killed. Before
-    the kill the failover forgets the frozen server (its first turn then meets the dead one)."""
-    phases: dict[str, list[float | None]] = {}
+async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: int, max_tokens: int) -> dict[str, list[tuple[float | None, str]]]:
+    """One session's first audio per turn, and which engine answered it: the LLM server answering,
+    frozen, then killed. At the start of each phase the failover forgets earlier failures (its
+    first turn then meets the server as it is now)."""
+    phases: dict[str, list[tuple[float | None, str]]] = {}
     speech = {name: clip_24k(name) for name in CLIPS}
+    failover = engines.llm
     async with connect(url, max_size=None) as ws:
         await open_session(ws, max_tokens)
         stream = Stream()
@@ -318,14 +331,14 @@ async def run_failover(url: str, server: LlamaServer, engines: Engines, turns: i
                 server.freeze()
             elif phase == "killed":
                 server.kill()
-                health = getattr(engines.llm, "health", None)
-                if health is not None:
-                    health.answered()
+            if hasattr(failover, "health"):
+                failover.health.answered()
             phases[phase] = []
             for number in range(turns):
                 turn = Turn(0, CLIPS[number % len(CLIPS)])
                 await spoken_turn(ws, turn, speech[turn.clip], stream)
-                phases[phase].append(turn.first_audio_s)
+                answered = getattr(failover, "answered_by", None) or "?"
+                phases[phase].append((turn.first_audio_s, "remote" if answered == getattr(failover, "label", None) else "local"))
                 await anyio.sleep(0.5)
     return phases
 
@@ -367,7 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_before = os.getloadavg()
         results: list[LevelResult] = []
         stall: dict[str, Any] | None = None
-        failover: dict[str, list[float | None]] | None = None
+        failover: dict[str, list[tuple[float | None, str]]] | None = None
         with Server(engines, ServerOptions(max_sessions=args.max_sessions, session=SessionOptions())) as server:
             for n in levels:
                 results.append(anyio.run(run_level, server.url, n, args.turns, args.max_tokens, args.seed, n == args.max_sessions))
@@ -399,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"(+{stall['stall_s']:.2f} s); the long item took {stall.get('long_item_transcription_s', float('nan')):.1f} s")
     if failover is not None:
         for phase, values in failover.items():
-            print(f"failover: the LLM server {phase}: first audio per turn " + ", ".join(seconds(v) for v in values) + " s")
+            print(f"failover: the LLM server {phase}: first audio per turn " + ", ".join(f"{seconds(v)} s ({engine})" for v, engine in values))
     for n, worst in loop_blocked.items():
         print(f"event loop: another session's longest wait {worst * 1000:.0f} ms while one sends {n} tools in session.update")
     if args.json:

@@ -6,7 +6,8 @@ slow or down (the local + cloud hybrid).
 * the primary gives no first piece within ``first_token_timeout_s`` (1.5 s by default: the
   embedded SmolLM2-135M's first token takes ~0.1-0.3 s on 2 cores, so waiting longer for a
   remote model costs more than the local model's answer), or
-* the primary fails before its first piece (unreachable, an HTTP error, the connection dropped).
+* the primary fails before its first piece (unreachable, an HTTP error, the connection dropped),
+  or gives no piece for ``stall_timeout_s`` (5 s) mid-reply.
 
 Either way the stream yields :class:`~.llm_engine.EngineSwitched` (``restart=True``) first, then
 the fallback's pieces. When the primary fails *mid-reply*:
@@ -83,6 +84,10 @@ class FailoverEngine:
     primary: LLMEngine
     fallback: LLMEngine
     first_token_timeout_s: float = 1.5
+    #: After the first piece, the longest gap before the reply counts as broken off (a server
+    #: frozen mid-reply; a killed one ends the stream at once). SmolLM2 on 2 cores writes a token
+    #: every ~20-60 ms; a busy remote server's gaps are far below a second.
+    stall_timeout_s: float = 5.0
     retry_primary_after_s: float = 30.0
     clock: Callable[[], float] = time.monotonic
     health: PrimaryHealth = field(init=False)
@@ -90,8 +95,8 @@ class FailoverEngine:
     answered_by: str | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
-        if self.first_token_timeout_s <= 0:
-            raise ValueError(f"first_token_timeout_s must be positive, got {self.first_token_timeout_s}")
+        if self.first_token_timeout_s <= 0 or self.stall_timeout_s <= 0:
+            raise ValueError(f"first_token_timeout_s and stall_timeout_s must be positive, got {self.first_token_timeout_s}, {self.stall_timeout_s}")
         self.health = PrimaryHealth(self.retry_primary_after_s, self.clock)
         self._last: LLMEngine | None = None
 
@@ -106,8 +111,8 @@ class FailoverEngine:
     async def start(self) -> None:
         """Start both; a primary that cannot be reached fails here (a wrong URL is a mistake to
         show at once, not a reason to fall back for the whole session)."""
+        await self.primary.start()  # first: a wrong URL fails before the local model loads
         await self.fallback.start()
-        await self.primary.start()
 
     async def aclose(self) -> None:
         try:
@@ -147,11 +152,21 @@ class FailoverEngine:
                 yield first
                 spoken += first.text if isinstance(first, TextPiece) else ""
                 try:
-                    async for piece in pieces:
+                    while True:
+                        piece = None
+                        with anyio.move_on_after(self.stall_timeout_s):
+                            try:
+                                piece = await pieces.__anext__()
+                            except StopAsyncIteration:
+                                return
+                        if piece is None:
+                            if token.cancelled:
+                                return
+                            reason = f"{PRIMARY_FAILED} mid-reply: no piece for {self.stall_timeout_s:g} s"
+                            break
                         if isinstance(piece, TextPiece):
                             spoken += piece.text
                         yield piece
-                    return
                 except LLMEngineError as error:
                     reason = f"{PRIMARY_FAILED} mid-reply: {error}"
         finally:

@@ -181,3 +181,13 @@ def test_primary_health_is_a_clock_driven_state_machine():
 def test_a_budget_must_be_positive():
     with pytest.raises(ValueError, match="first_token_timeout_s"):
         FailoverEngine(ScriptedEngine("a"), ScriptedEngine("b"), first_token_timeout_s=0)
+
+
+@pytest.mark.anyio
+async def test_a_primary_that_stalls_mid_reply_is_continued_by_the_fallback():
+    primary = ScriptedEngine("remote", [TextPiece("The capital"), 5.0, TextPiece(" never")])
+    fallback = ScriptedEngine("local", [TextPiece(" is Paris.")])
+    pieces = await run(FailoverEngine(primary, fallback, stall_timeout_s=0.05))
+    assert pieces[0] == TextPiece("The capital") and pieces[-1] == TextPiece(" is Paris.")
+    assert isinstance(pieces[1], EngineSwitched) and pieces[1].restart is False and "no piece for" in pieces[1].reason
+    assert primary.closed == 1

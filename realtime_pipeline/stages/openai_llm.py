@@ -92,9 +92,12 @@ class OpenAIEngine:
 
     Timeouts: ``connect_timeout_s`` per connection attempt, ``connect_retries`` more attempts
     (``retry_delay_s`` apart, doubling) while nothing was received; ``read_timeout_s`` for each
-    read, the first byte included (prompt evaluation on a busy server), so a frozen server ends
-    the stream with an :class:`LLMEngineError` after that long; a failover
-    (:class:`~..failover.FailoverEngine`) gives up sooner, on its first-token budget.
+    read, the first token included, so a frozen server ends the stream with an
+    :class:`LLMEngineError` after that long. 30 s: a request waits its turn at a busy server
+    (8 sessions on one ``python -m llama_cpp.server``, which answers one request at a time,
+    exceeded 10 s on a loaded 2-core machine); a killed server ends the stream at once (the
+    connection closes), and a failover (:class:`~..failover.FailoverEngine`) gives up far
+    sooner, on its first-token and stall budgets.
     """
 
     def __init__(
@@ -108,7 +111,7 @@ class OpenAIEngine:
         top_p: float | None = None,
         context_tokens: int | None = None,
         connect_timeout_s: float = 2.0,
-        read_timeout_s: float = 10.0,
+        read_timeout_s: float = 30.0,
         connect_retries: int = 2,
         retry_delay_s: float = 0.2,
         extra_body: dict[str, Any] | None = None,

@@ -42,7 +42,11 @@ from .response import Response, ResponseStatus
 from .stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
 from .stages.asr import WhisperASR
 from .stages.chunker import SentenceChunker
-from .stages.llm import LlamaLLM
+from .failover import FailoverEngine
+from .llm_engine import LLMEngine, LLMEngineError
+from .responder import Responder
+from .stages.llm import LlamaEngine, LlamaLLM
+from .stages.openai_llm import OpenAIEngine, OpenAILLM
 from .stages.player import Player
 from .stages.tts import PiperTTS
 from .stages.vad import VADSettings, WebRTCVAD
@@ -53,7 +57,8 @@ __version__ = "0.1.0"
 __all__ = [
     "HistoryEntry", "InterruptionSettings", "ResponsePaused", "ResponseResumed",
     "AudioDeviceError", "AudioFormatError", "AudioFrame", "AudioOutput", "CancelToken", "Cancelled",
-    "Conversation", "Frame", "Inbox", "LlamaLLM", "MemoryOutput", "MemorySource", "MicrophoneSource",
+    "Conversation", "FailoverEngine", "Frame", "Inbox", "LLMEngine", "LLMEngineError", "LlamaEngine", "LlamaLLM",
+    "OpenAIEngine", "OpenAILLM", "Responder", "MemoryOutput", "MemorySource", "MicrophoneSource",
     "ModelNotFoundError", "Outbox", "PacedEmitter", "Pipeline", "PiperTTS", "PlayedBlock", "Player", "ReplyAudio",
     "Response", "ResponseDone", "ResponseEnd", "ResponseInterrupted", "ResponseStarted", "ResponseStatus",
     "SentenceChunker", "SpeakerOutput", "SpeechPaused", "SpeechResumed", "SpeechStarted", "SpeechStopped", "Stage",

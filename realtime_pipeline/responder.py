@@ -219,6 +219,9 @@ class Responder(Stage):
             check_tools(list(self.tools))
         await self.engine.start()
 
+    async def aclose(self) -> None:
+        await self.engine.aclose()
+
     def bind_history(self, conversation: Conversation, max_tokens: int | None = None, tools: ToolRegistry | None = None) -> None:
         """Give the conversation's history window this engine's tokenizer and prompt budget."""
         registry = self.tools if tools is None else tools

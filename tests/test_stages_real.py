@@ -191,3 +191,15 @@ async def test_a_model_failing_at_setup_stops_the_pipeline_naming_the_stage(tmp_
     with pytest.raises(StageError) as caught:
         await Pipeline([source, LlamaLLM(bad)]).run()
     assert caught.value.stage_name == "llm"
+
+
+@pytest.mark.models
+def test_the_first_chunk_of_a_real_piper_reply_starts_with_its_sound(tts):
+    from realtime_pipeline.audio import LEADING_SILENCE_THRESHOLD, trim_leading_silence
+
+    rate = tts.output_sample_rate_hz
+    audio = tts.synthesize("The capital of France is Paris.", CancelToken())
+    trimmed = trim_leading_silence(audio, rate)
+    first_sound = int(np.flatnonzero(np.abs(trimmed.astype(np.float32)) > LEADING_SILENCE_THRESHOLD * 32768)[0])
+    assert first_sound <= 5 * rate // 1000
+    assert len(audio) - len(trimmed) > 10 * rate // 1000  # the voice's lead-in was there and is gone

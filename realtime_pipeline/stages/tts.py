@@ -9,7 +9,7 @@ import anyio
 import numpy as np
 
 from .. import models
-from ..audio import resample, speech_level_dbfs
+from ..audio import resample, speech_level_dbfs, trim_leading_silence
 from ..cancellation import CancelToken
 from ..frames import ReplyAudio, TextChunk
 from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
@@ -106,6 +106,8 @@ class PiperTTS(Stage):
             if response.cancelled:
                 continue
             samples = await anyio.to_thread.run_sync(self.synthesize, frame.text, response.token)
+            if frame.index == 0:  # the reply's first sound plays at once (the voice's lead-in is latency)
+                samples = trim_leading_silence(samples, rate)
             if response.cancelled or samples.size == 0:
                 continue
             response.add_chunk(frame.text, len(samples), rate)

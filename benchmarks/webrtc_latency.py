@@ -179,9 +179,9 @@ class Probe:
             init(session, *args, **kwargs)
             probe.sessions.append(session)
 
-        def input_audio(session: Any, samples: np.ndarray) -> None:
+        async def input_audio(session: Any, samples: np.ndarray) -> None:
             probe.inputs.setdefault(session.id, []).append((time.monotonic(), samples))
-            feed(session, samples)
+            await feed(session, samples)
 
         def take_frame(track: Any) -> np.ndarray:
             out = take(track)

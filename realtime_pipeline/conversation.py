@@ -163,6 +163,8 @@ class Conversation:
         self.user_speaking = False
         #: Input stream position the VAD has processed up to (sources wait on it).
         self.audio_processed_samples = 0
+        #: The microphone may hear the assistant and no echo canceller runs (set by the echo gate).
+        self.echo_unprotected = False
         self._turn_ids = itertools.count(1)
         self._open_turns: set[int] = set()
         self._listeners: list[Listener] = []
@@ -219,7 +221,7 @@ class Conversation:
         if turn_id != self._speech_turn:
             return
         self._speech_voiced_ms = voiced_ms
-        if voiced_ms >= self.interruptions.min_interruption_ms:
+        if voiced_ms >= self.interruptions.threshold_ms(self.active_response, echo_unprotected=self.echo_unprotected):
             self._interrupt(turn_id)
 
     def user_speech_resumed(self, turn_id: int) -> None:
@@ -322,7 +324,8 @@ class Conversation:
         self.active_response = response
         self._open_turns.discard(turn_id)
         self.emit(ResponseStarted(response))
-        if self._speech_turn is not None and self._speech_voiced_ms >= self.interruptions.min_interruption_ms:
+        if self._speech_turn is not None and self._speech_voiced_ms >= self.interruptions.threshold_ms(
+                response, echo_unprotected=self.echo_unprotected):
             self._interrupt(self._speech_turn)  # the user is already talking over it
         return response
 

@@ -44,6 +44,12 @@ DEFAULT_MIN_INTERRUPTION_MS = 80
 #: come later (on a loaded machine the p50 was 2.5 s).
 DEFAULT_FALSE_INTERRUPTION_MS = 3000
 
+#: Default of :attr:`InterruptionSettings.min_interruption_while_speaking_ms`: the barge-in
+#: threshold while the assistant is audible and no echo canceller runs (the fallback,
+#: ``Conversation.echo_unprotected``). Echo that gets through the echo gate comes in
+#: short bursts; measured in the echo room (docs/echo.md, ``--echo-compare``).
+DEFAULT_MIN_INTERRUPTION_WHILE_SPEAKING_MS = 240
+
 _WORD = re.compile(r"\w")
 
 
@@ -61,17 +67,28 @@ class InterruptionSettings:
     resume if none do; False cancels as soon as ``min_interruption_ms`` is reached.
     ``false_interruption_ms``: input audio after the interrupting sound ended, without
     words, after which the paused response resumes.
+    ``min_interruption_while_speaking_ms``: the threshold instead of ``min_interruption_ms``
+    while the assistant is audible and the microphone may hear it unfiltered (no echo
+    canceller runs: the fallback); a longer one keeps echo from interrupting the reply, at
+    the price of a later barge-in.
     """
 
     min_interruption_ms: int = DEFAULT_MIN_INTERRUPTION_MS
     resume_false_interruption: bool = True
     false_interruption_ms: int = DEFAULT_FALSE_INTERRUPTION_MS
+    min_interruption_while_speaking_ms: int = DEFAULT_MIN_INTERRUPTION_WHILE_SPEAKING_MS
 
     def __post_init__(self) -> None:
-        if self.min_interruption_ms < 0:
-            raise ValueError(f"min_interruption_ms must not be negative, got {self.min_interruption_ms}")
-        if self.false_interruption_ms < 0:
-            raise ValueError(f"false_interruption_ms must not be negative, got {self.false_interruption_ms}")
+        for name in ("min_interruption_ms", "false_interruption_ms", "min_interruption_while_speaking_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def threshold_ms(self, response: Response | None, *, echo_unprotected: bool) -> int:
+        """Voiced user audio that interrupts ``response`` now: more while it is audible and
+        nothing cancels its echo."""
+        if echo_unprotected and response is not None and response.played_ms > 0 and not response.paused:
+            return max(self.min_interruption_ms, self.min_interruption_while_speaking_ms)
+        return self.min_interruption_ms
 
 
 @dataclass

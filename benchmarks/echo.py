@@ -12,12 +12,14 @@ runs the same turns once per mode. ``summary.echo`` then has, per mode:
   ``echo_turns`` (such VAD turns), ``echo_turns_answered`` (replies to them);
 * ``erle_db``: echo return loss enhancement, 10·log10(echo energy into the echo
   stage / energy out of it), over the frames where the user is silent and the
-  echo is above -50 dBFS;
+  echo is above -50 dBFS (``erle_aec3_db``: out of AEC3 alone, before the
+  residual gate; the gate mutes frames, so with it the figure can be very high);
 * the barge-in latency (barge-in benchmark) and the user's WER.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -133,24 +135,32 @@ def self_interruptions(events: list[Any], echo: set[int]) -> dict[str, Any]:
 def erle_db(room: EchoRoom, stage: Any) -> dict[str, Any]:
     """ERLE over the frames where only the echo is in the microphone (see the module doc)."""
     records = getattr(stage, "records", None)
-    frames = {f.start_sample: f for f in room.frames}
+    frames = room.frames
+    starts = [f.start_sample for f in frames]
     floor = (32768.0 * 10 ** (ERLE_FLOOR_DBFS / 20)) ** 2
-    echo_in = echo_out = 0.0
+    echo_in = echo_out = echo_aec3 = 0.0
     counted = 0
     for record in records or ():
-        covering = [frames.get(start) for start in range(record.start_sample, record.start_sample + record.samples, 320)]
-        if any(f is None or f.user_energy > 0 for f in covering):
+        end = record.start_sample + record.samples
+        first = max(0, bisect.bisect_right(starts, record.start_sample) - 1)
+        covering = [f for f in frames[first : first + 4] if f.start_sample < end and f.start_sample + f.samples > record.start_sample]
+        if not covering or covering[0].start_sample > record.start_sample or any(f.user_energy > 0 for f in covering):
             continue
-        if sum(f.echo_energy for f in covering) < floor * record.samples:  # type: ignore[union-attr]
+        if sum(f.echo_energy / f.samples for f in covering) / len(covering) < floor:  # mean power per sample
             continue
         echo_in += record.in_energy
         echo_out += record.out_energy
+        echo_aec3 += record.aec_energy
         counted += 1
     if not records:  # nothing ran against the echo
-        return {"erle_db": 0.0, "erle_frames": 0}
+        return {"erle_db": 0.0, "erle_aec3_db": None, "erle_frames": 0}
     if counted == 0:
-        return {"erle_db": None, "erle_frames": 0}
-    return {"erle_db": round(10 * math.log10(echo_in / max(echo_out, 1.0)), 1), "erle_frames": counted}
+        return {"erle_db": None, "erle_aec3_db": None, "erle_frames": 0}
+
+    def db(out: float) -> float:
+        return round(10 * math.log10(echo_in / max(out, 1.0)), 1)
+
+    return {"erle_db": db(echo_out), "erle_aec3_db": db(echo_aec3), "erle_frames": counted}
 
 
 def summary(config: EchoConfig, room: EchoRoom, pipeline: Pipeline, events: list[Any]) -> dict[str, Any]:

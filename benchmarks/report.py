@@ -331,7 +331,7 @@ def print_echo(console: Console, summary: dict[str, Any]) -> None:
     rows = [
         ("self-interruptions (replies paused or cancelled by echo)", lambda e: str(e["self_interruptions"])),
         ("VAD turns on echo alone / answered", lambda e: f"{e['echo_turns']} / {e['echo_turns_answered']}"),
-        ("ERLE (dB, user silent, echo > -50 dBFS)", lambda e: _fmt(e["erle_db"], ".1f")),
+        ("ERLE (dB, user silent, echo > -50 dBFS): stage / AEC3 alone", lambda e: f"{_fmt(e['erle_db'], '.1f')} / {_fmt(e.get('erle_aec3_db'), '.1f')}"),
         ("WER of the user's turns", lambda e: _fmt(e["wer"], ".3f")),
         ("voice-to-voice p50 / p95 (ms)", lambda e: "-" if not e.get("voice_to_voice_ms") else
          f"{_fmt(e['voice_to_voice_ms']['p50'])} / {_fmt(e['voice_to_voice_ms']['p95'])}"),

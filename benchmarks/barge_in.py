@@ -52,13 +52,17 @@ from realtime_pipeline.conversation import (
     ResponsePaused,
     ResponseResumed,
 )
-from realtime_pipeline.frames import SpeechStopped, TranscriptFinal
+from realtime_pipeline.frames import SpeechStarted, SpeechStopped, TranscriptFinal
 from realtime_pipeline.interruption import InterruptionSettings
 from realtime_pipeline.io.outputs import MemoryOutput
 from realtime_pipeline.io.sources import PacedEmitter
 from realtime_pipeline.response import Response
 from realtime_pipeline.stage import Inbox, Outbox, Stage, StageContext
 from realtime_pipeline.stages.vad import VADSettings
+
+from . import echo as echo_room
+from .measure import word_error_rate
+from .turns import read_tsv
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEECH_DIR = ROOT / "tests" / "data" / "speech"
@@ -265,6 +269,22 @@ def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[fl
     }
 
 
+def interrupter_wer(attempts: list[Attempt], events: list[tuple[float, Any]]) -> float | None:
+    """WER of the interrupting speech: each attempt's reference against the final transcripts of
+    the VAD turns that started while it played (until the next attempt)."""
+    references = read_tsv(SPEECH_DIR / "transcripts_normalized.tsv")
+    started = [(t, e.turn_id) for t, e in events if isinstance(e, SpeechStarted)]
+    finals = {e.turn_id: e.text for _, e in events if isinstance(e, TranscriptFinal)}
+    pairs = []
+    for index, attempt in enumerate(attempts):
+        if attempt.name not in references:
+            continue
+        end_s = attempts[index + 1].start_s if index + 1 < len(attempts) else float("inf")
+        texts = [finals.get(turn_id, "") for t, turn_id in started if attempt.start_s - 0.3 <= t < end_s]
+        pairs.append((references[attempt.name], " ".join(x for x in texts if x)))
+    return word_error_rate([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
+
+
 def _final_delays_ms(events: list[tuple[float, Any]]) -> list[float]:
     """SpeechStopped → TranscriptFinal of the same turn: how long the false-interruption decision waits for."""
     stopped = {e.turn_id: t for t, e in events if isinstance(e, SpeechStopped)}
@@ -297,12 +317,14 @@ async def run_barge_in(
     vad: VADSettings | None = None,
     question: str | Path = QUESTION_WAV,
     console: Any = None,
+    echo: echo_room.EchoConfig | None = None,
 ) -> dict[str, Any]:
     """Run the barge-in scenario; returns ``barge_in_ms`` {p50, p95, values}, ``leaked_turns`` and per-turn records.
 
     ``models`` has ``asr``, ``llm`` and ``tts`` stage objects (loaded once and
     shared); by default the embedded models are loaded here. ``files`` default
-    to ``limit`` speech files of ``tests/data/speech`` chosen with ``seed``.
+    to ``limit`` speech files of ``tests/data/speech`` chosen with ``seed``. With ``echo``
+    the scenario runs in the echo room; ``echo_summary`` then has its ``summary.echo`` entry.
     """
     if models is None:
         from realtime_pipeline.stages.asr import WhisperASR
@@ -316,10 +338,11 @@ async def run_barge_in(
     source = BargeInSource(resample(question_samples, question_rate, INPUT_SAMPLE_RATE_HZ), interrupters,
                            interrupt_after_ms=interrupt_after_ms)
     output = MemoryOutput(models.tts.output_sample_rate_hz, paced=True)
+    heard, room = echo_room.in_room(source, output, echo)
     # Only the current question: interrupted replies in the history make SmolLM collapse into one-word answers.
     conversation = Conversation(SYSTEM_PROMPT, interruptions=interruptions, max_history_messages=1)
-    pipeline = voice_pipeline(source, output, vad=vad, asr=models.asr, llm=models.llm, tts=models.tts,
-                              conversation=conversation)
+    pipeline = voice_pipeline(heard, output, vad=vad, asr=models.asr, llm=models.llm, tts=models.tts,
+                              conversation=conversation, echo=echo.mode if echo is not None else "auto")
     events: list[tuple[float, Any]] = []
     conversation.add_listener(lambda event: events.append((time.monotonic(), event)))
     if console is not None:
@@ -328,6 +351,13 @@ async def run_barge_in(
     started = time.monotonic()
     await pipeline.run()
     result = analyse(source.attempts, output, events)
+    result["wer"] = interrupter_wer(source.attempts, events)
+    if echo is not None and room is not None:
+        result["echo_summary"] = {
+            **echo_room.summary(echo, room, pipeline, [e for _, e in events]),
+            "barge_in_ms": {k: result["barge_in_ms"][k] for k in ("p50", "p95", "measured")},
+            "wer": result["wer"],
+        }
     result["history"] = [dataclasses.asdict(entry) for entry in conversation.entries()]
     result["config"] = {
         "files": [p.name if isinstance(p, Path) else str(p) for p in paths],
@@ -398,6 +428,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the whole result as JSON")
     parser.add_argument("--measure-threshold", action="store_true",
                         help="only print onset → VAD detection latency per min_interruption_ms candidate")
+    parser.add_argument("--min-interruption-while-speaking-ms", type=int,
+                        default=InterruptionSettings().min_interruption_while_speaking_ms,
+                        help="the barge-in threshold over an audible reply when no echo canceller runs (the fallback)")
+    echo_room.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.measure_threshold:
         for n, stats in measure_detection_ms(sorted(SPEECH_DIR.glob("*.wav"))).items():
@@ -406,20 +440,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    settings = InterruptionSettings(min_interruption_ms=args.min_interruption_ms, resume_false_interruption=not args.no_resume)
-    result = anyio.run(lambda: run_barge_in(limit=args.limit or None, seed=args.seed, interrupt_after_ms=args.interrupt_after_ms,
-                                            interruptions=settings, console=console))
-    for record in result["turns"]:
-        print(json.dumps({k: v for k, v in record.items() if k not in ("reply_text",)}))
-    summary = {"barge_in_ms": {k: result["barge_in_ms"][k] for k in ("p50", "p95")},
-               "vad_before_onset": result["vad_before_onset"], "leaked_turns": result["leaked_turns"],
-               "measured": result["measured"], "attempts": result["attempts"],
-               "resumed_by_timeout": result["resumed_by_timeout"],
-               "asr_final_after_speech_stopped_ms": {k: result["asr_final_after_speech_stopped_ms"][k] for k in ("p50", "p95")},
-               "wall_s": result["config"]["wall_s"]}
-    print("summary:", json.dumps(summary))
+    settings = InterruptionSettings(min_interruption_ms=args.min_interruption_ms, resume_false_interruption=not args.no_resume,
+                                    min_interruption_while_speaking_ms=args.min_interruption_while_speaking_ms)
+    try:
+        configs: list[echo_room.EchoConfig | None] = list(echo_room.configs(args)) or [None]
+    except ValueError as error:
+        console.print(f"error: {error}")
+        return 2
+    if args.echo_compare:
+        configs = [None, *configs]  # the same speech without echo: the WER reference
+
+    async def run_all() -> list[dict[str, Any]]:
+        from realtime_pipeline.stages.asr import WhisperASR
+        from realtime_pipeline.stages.llm import LlamaLLM
+        from realtime_pipeline.stages.tts import PiperTTS
+
+        models = _Models(WhisperASR(), LlamaLLM(max_tokens=80, seed=args.seed), PiperTTS())
+        return [await run_barge_in(models, limit=args.limit or None, seed=args.seed, interrupt_after_ms=args.interrupt_after_ms,
+                                   interruptions=settings, console=console, echo=config) for config in configs]
+
+    results = anyio.run(run_all)
+    for config, result in zip(configs, results):
+        label = "no echo" if config is None else f"echo {config.mode}"
+        for record in result["turns"]:
+            print(json.dumps({"run": label, **{k: v for k, v in record.items() if k not in ("reply_text",)}}))
+        summary = {"run": label, "barge_in_ms": {k: result["barge_in_ms"][k] for k in ("p50", "p95")},
+                   "vad_before_onset": result["vad_before_onset"], "leaked_turns": result["leaked_turns"],
+                   "measured": result["measured"], "attempts": result["attempts"],
+                   "resumed_by_timeout": result["resumed_by_timeout"], "wer": result["wer"],
+                   "asr_final_after_speech_stopped_ms": {k: result["asr_final_after_speech_stopped_ms"][k] for k in ("p50", "p95")},
+                   "wall_s": result["config"]["wall_s"]}
+        if "echo_summary" in result:
+            summary["echo"] = {k: v for k, v in result["echo_summary"].items() if k not in ("barge_in_ms", "wer")}
+        print("summary:", json.dumps(summary))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        payload = results[0] if len(results) == 1 else {
+            ("no_echo" if c is None else c.mode): r for c, r in zip(configs, results)}
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
     return 0
 
 

@@ -10,6 +10,7 @@ energy. See docs/latency.md for what each number means.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import json
 import os
@@ -35,6 +36,7 @@ from realtime_pipeline.stages.vad import VADSettings
 from realtime_pipeline.turn_taking import AUDIO_MODEL, TEXT_MODEL, TurnTakingSettings
 from realtime_pipeline.tracing import SEED_BUDGET_MS
 
+from . import echo as echo_room
 from . import report as reporting
 from . import turn_taking
 from .baseline import run_baseline
@@ -88,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trace", type=Path, metavar="PATH.json", help="write a Chrome/Perfetto trace (open in ui.perfetto.dev)")
     parser.add_argument("--jsonl", type=Path, metavar="PATH", help="write the tracer's per-turn records as JSON lines")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    echo_room.add_arguments(parser)
     return parser
 
 
@@ -124,6 +127,7 @@ def vad_settings(args: argparse.Namespace) -> VADSettings:
 
 async def run(args: argparse.Namespace, command: str, console: Console) -> dict[str, Any]:
     turns = load_turns(args.audio_dir, limit=args.limit or None, seed=args.seed)
+    echo_configs = echo_room.configs(args)
     load_before = os.getloadavg()[0]
     if load_before > 0.5 * (os.cpu_count() or 1):
         console.print(f"[yellow]warning: the machine is busy (load average {load_before:.1f} on {os.cpu_count()} CPUs); "
@@ -140,7 +144,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             PiperTTS(),
             SmartTurn() if AUDIO_MODEL in vad.turn_taking.sources else None,
         )
-        streaming = build_streaming(turns, models, vad=vad)
+        streaming = build_streaming(turns, models, vad=vad, echo=echo_configs[0] if echo_configs else None)
         await streaming.pipeline.start()
         cold_start_s = time.monotonic() - cold_start_began
         progress.update(loading, completed=1)
@@ -176,9 +180,13 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
         barge_in: Any = None
         if args.barge_in:
             runner = _barge_in_runner()
-            barge_in = runner(models=models, seed=args.seed, console=console)
+            barge_in = runner(models=models, seed=args.seed, console=console,
+                              **({"echo": echo_configs[0]} if echo_configs else {}))
             if inspect.isawaitable(barge_in):
                 barge_in = await barge_in
+
+        echo_summary = await echo_runs(args, turns, models, vad, echo_configs, streaming, records, barge_in,
+                                       progress, console) if echo_configs else None
 
     tracer = streaming.tracer
     measured = [r["turn_id"] for r in records if r["turn_id"] is not None]
@@ -208,6 +216,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "ratio": ratio,
         },
         "barge_in_ms": barge_in.get("barge_in_ms") if isinstance(barge_in, dict) else None,
+        "echo": echo_summary,
         "turn_taking": turn_taking.summary(records, vad, models),
         "speculation": {
             "enabled": not args.no_speculation,
@@ -237,6 +246,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "threads": args.threads,
             "speculation": not args.no_speculation,
             "asr_window": "full" if args.full_window else "fitted",
+            "echo": [dataclasses.asdict(c.room) | {"mode": c.mode} for c in echo_configs],
             "system_prompt": DEFAULT_SYSTEM_PROMPT,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]},
@@ -250,6 +260,38 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
         "_trace_summary": trace_summary,
         "_tracer": tracer,
     }
+
+
+async def echo_runs(args: argparse.Namespace, turns: list[Any], models: Models, vad: VADSettings,
+                    configs: list[echo_room.EchoConfig], first: Any, first_records: list[dict[str, Any]],
+                    first_barge_in: Any, progress: Progress, console: Console) -> dict[str, Any]:
+    """``summary.echo``: one entry per echo mode; the first mode's run is the main report's,
+    the others play the same turns again (and the barge-in scenario, with --barge-in)."""
+    result: dict[str, Any] = {}
+    for index, config in enumerate(configs):
+        if index == 0:
+            streaming, records, barge_in = first, first_records, first_barge_in
+        else:
+            task = progress.add_task(f"echo {config.mode}: the same turns again", total=len(turns))
+            streaming = build_streaming(turns, models, vad=vad, echo=config)
+            await play(streaming, on_turn=lambda k, task=task: progress.update(task, completed=k))
+            progress.update(task, completed=len(turns))
+            records = turn_records(streaming, turns)
+            barge_in = None
+            if args.barge_in:
+                barge_in = _barge_in_runner()(models=models, seed=args.seed, console=console, echo=config)
+                if inspect.isawaitable(barge_in):
+                    barge_in = await barge_in
+        entry = echo_room.summary(config, streaming.room, streaming.pipeline, streaming.events)
+        entry["wer"] = word_error_rate([t.reference for t in turns], [r["transcript"] for r in records])
+        entry["turns_answered"] = sum(1 for r in records if r["answered"])
+        entry["wait_timeouts"] = streaming.source.wait_timeouts
+        v2v = reporting.stats([r.get("spans_ms", {}).get("voice_to_voice") for r in records])
+        entry["voice_to_voice_ms"] = {k: v2v[k] for k in ("p50", "p95")} if v2v else None
+        if isinstance(barge_in, dict):
+            entry["barge_in"] = barge_in.get("echo_summary")
+        result[config.mode] = entry
+    return result
 
 
 def note_rss(rss_by_turn: dict[int, float], started: int) -> None:
@@ -296,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tracer = report.pop("_tracer")
     reporting.print_report(out, report, trace_summary)
     reporting.print_long_conversation(out, report["summary"])
+    reporting.print_echo(out, report["summary"])
     out.print(reporting.turn_table(report["turns"]))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")

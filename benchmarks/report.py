@@ -310,3 +310,36 @@ def print_long_conversation(console: Console, summary: dict[str, Any]) -> None:
         console.print("peak RSS by turn: " + ", ".join(f"after turn {turn}: {mb:.0f} MB" for turn, mb in rss.items()))
     for stage, worst in (summary.get("worst_turns") or {}).items():
         console.print(f"worst {stage}: turn {worst['turn']} ({worst['file']}) {worst['ms']:.0f} ms: {worst['cause']}")
+
+
+def print_echo(console: Console, summary: dict[str, Any]) -> None:
+    """``summary.echo``: the echo room, one column per mode (aec / gate / off)."""
+    echo = summary.get("echo")
+    if not echo:
+        return
+    room = next(iter(echo.values()))["room"]
+    table = Table(title=f"echo room: delay {room['delay_ms']} ms, gain {room['gain_db']:g} dB, RT60 {room['rt60_ms']:g} ms",
+                  title_justify="left")
+    table.add_column("measure")
+    for mode in echo:
+        table.add_column(mode, justify="right")
+
+    def barge(entry: dict[str, Any], key: str) -> str:
+        values = (entry.get("barge_in") or {}).get("barge_in_ms") or {}
+        return _fmt(values.get(key))
+
+    rows = [
+        ("self-interruptions (replies paused or cancelled by echo)", lambda e: str(e["self_interruptions"])),
+        ("VAD turns on echo alone / answered", lambda e: f"{e['echo_turns']} / {e['echo_turns_answered']}"),
+        ("ERLE (dB, user silent, echo > -50 dBFS): stage / AEC3 alone", lambda e: f"{_fmt(e['erle_db'], '.1f')} / {_fmt(e.get('erle_aec3_db'), '.1f')}"),
+        ("WER of the user's turns", lambda e: _fmt(e["wer"], ".3f")),
+        ("voice-to-voice p50 / p95 (ms)", lambda e: "-" if not e.get("voice_to_voice_ms") else
+         f"{_fmt(e['voice_to_voice_ms']['p50'])} / {_fmt(e['voice_to_voice_ms']['p95'])}"),
+        ("barge-in p50 / p95 (ms)", lambda e: f"{barge(e, 'p50')} / {barge(e, 'p95')}"),
+        ("barge-in: self-interruptions", lambda e: str((e.get("barge_in") or {}).get("self_interruptions", "-"))),
+        ("barge-in: WER of the speech over the reply", lambda e: _fmt((e.get("barge_in") or {}).get("wer"), ".3f")),
+        ("turns waited out (not idle after 20 s)", lambda e: str(e.get("wait_timeouts", "-"))),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(entry) for entry in echo.values()))
+    console.print(table)

@@ -21,6 +21,7 @@ from realtime_pipeline.stage import Inbox, Outbox, StageContext
 from realtime_pipeline.stages.vad import VADSettings
 from realtime_pipeline.tracing import FIRST_SAMPLE_PLAYED, USER_SPEECH_END, Tracer
 
+from .echo import EchoConfig, in_room
 from .measure import Models
 from .turns import Turn
 
@@ -60,22 +61,34 @@ class StreamingRun:
     output: MemoryOutput
     stopped: list[SpeechStopped] = field(default_factory=list)
     responses: dict[int, Response] = field(default_factory=dict)
+    #: In the echo room: its condition, the room, and every conversation event in order.
+    echo: EchoConfig | None = None
+    room: Any = None
+    events: list[Any] = field(default_factory=list)
 
     @property
     def tracer(self) -> Tracer:
         return self.pipeline.tracer
 
 
+#: In the echo room, the longest wait for the conversation to go idle after a turn: without
+#: protection the assistant answers its own echo, and would never stop.
+ECHO_MAX_WAIT_S = 20.0
+
+
 def build_streaming(turns: list[Turn], models: Models, *, system_prompt: str | None = None,
-                    vad: VADSettings | None = None) -> StreamingRun:
-    source = RecordingSource([t.samples for t in turns], INPUT_SAMPLE_RATE_HZ, realtime=True, wait_for_reply=True)
+                    vad: VADSettings | None = None, echo: EchoConfig | None = None) -> StreamingRun:
+    source = RecordingSource([t.samples for t in turns], INPUT_SAMPLE_RATE_HZ, realtime=True, wait_for_reply=True,
+                             max_wait_s=ECHO_MAX_WAIT_S if echo is not None else None)
     output = MemoryOutput(models.tts.output_sample_rate_hz, paced=True)
+    heard, room = in_room(source, output, echo)
     conversation = Conversation(system_prompt) if system_prompt else Conversation()
-    pipeline = voice_pipeline(source, output, vad=vad, turn=models.turn, asr=models.asr, llm=models.llm, tts=models.tts,
-                              conversation=conversation, tracer=Tracer())
-    run = StreamingRun(pipeline, source, output)
+    pipeline = voice_pipeline(heard, output, vad=vad, turn=models.turn, asr=models.asr, llm=models.llm, tts=models.tts,
+                              conversation=conversation, tracer=Tracer(), echo=echo.mode if echo is not None else "auto")
+    run = StreamingRun(pipeline, source, output, echo=echo, room=room)
 
     def on_event(event: object) -> None:
+        run.events.append(event)
         if isinstance(event, SpeechStopped):
             run.stopped.append(event)
         elif isinstance(event, ResponseStarted):

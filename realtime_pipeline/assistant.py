@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .conversation import Conversation
+from .echo_cancel import EchoCancellation, EchoGate, echo_stage
 from .io.outputs import AudioOutput
 from .pipeline import DEFAULT_QUEUE_CAPACITY, Pipeline
 from .stage import Stage
@@ -31,6 +32,7 @@ def voice_pipeline(
     conversation: Conversation | None = None,
     tracer: Tracer | None = None,
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+    echo: str = "auto",
 ) -> Pipeline:
     """Wire a spoken conversation; every stage defaults to its embedded model.
 
@@ -40,10 +42,21 @@ def voice_pipeline(
     after the other). The end of each turn is decided by the semantic detector
     (``VADSettings().turn_taking``, with the Smart Turn audio model ``turn``);
     ``VADSettings(silence_duration_ms=500)`` selects a fixed silence instead.
+
+    A source that hears the output (``source.hears_output``: the microphone, the echo
+    room) gets an echo stage after it (:mod:`.echo_cancel`): ``echo="auto"`` runs AEC3
+    when its package is installed, else the echo gate fallback; ``"aec"`` requires AEC3,
+    ``"gate"`` is the fallback, ``"off"`` nothing.
     """
+    if echo not in ("auto", "aec", "gate", "off"):
+        raise ValueError(f"echo must be 'auto', 'aec', 'gate' or 'off', got {echo!r}")
     vad_stage = vad if isinstance(vad, WebRTCVAD) else WebRTCVAD(vad)
     sources = vad_stage.settings.turn_taking.sources
-    stages: list[Stage] = [source, vad_stage]
+    stages: list[Stage] = [source]
+    if getattr(source, "hears_output", False) and echo != "off":
+        stages.append(EchoCancellation(output) if echo == "aec" else EchoGate(output) if echo == "gate"
+                      else echo_stage(output))
+    stages.append(vad_stage)
     if AUDIO_MODEL in sources:
         stages.append(turn or SmartTurn())
     llm = llm or LlamaLLM()

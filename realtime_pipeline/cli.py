@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-silence-ms", type=int, default=TurnTakingSettings.max_silence_ms,
                         help="semantic: the longest wait for a turn that sounds unfinished (default %(default)s)")
     parser.add_argument("--max-tokens", type=int, default=120, help="longest reply, in tokens")
+    parser.add_argument("--no-aec", action="store_true",
+                        help="no acoustic echo cancellation on the microphone; the echo gate fallback keeps the assistant "
+                        "from interrupting itself (barge-in then needs speech louder than its voice; see docs/echo.md)")
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -90,6 +93,7 @@ def build(args: argparse.Namespace) -> Pipeline:
         llm=build_llm(args),
         tts=build_tts(args, output.sample_rate_hz),
         conversation=conversation,
+        echo="gate" if args.no_aec else "auto",
     )
 
 

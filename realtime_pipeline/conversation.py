@@ -131,6 +131,8 @@ class Conversation:
         self.turns_answered = False
         #: Input stream position the VAD has processed up to (sources wait on it).
         self.audio_processed_samples = 0
+        #: The microphone may hear the assistant and no echo canceller runs (set by the echo gate).
+        self.echo_unprotected = False
         self._turn_ids = itertools.count(1)
         self._open_turns: set[int] = set()
         self._listeners: list[Listener] = []
@@ -187,7 +189,8 @@ class Conversation:
 
     def user_speech_progress(self, turn_id: int, voiced_ms: int) -> None:
         """VAD: the current turn has ``voiced_ms`` of voiced audio; at ``min_interruption_ms`` it interrupts."""
-        self._apply(self.barge_in.speech_progress(turn_id, voiced_ms, can_interrupt=self._can_interrupt()))
+        threshold_ms = self.interruptions.threshold_ms(self.active_response, echo_unprotected=self.echo_unprotected)
+        self._apply(self.barge_in.speech_progress(turn_id, voiced_ms, can_interrupt=self._can_interrupt(), threshold_ms=threshold_ms))
 
     def user_speech_resumed(self, turn_id: int) -> None:
         """VAD: the user spoke again after a pause: a reply prepared for that pause is void."""
@@ -257,7 +260,8 @@ class Conversation:
         self.active_response = response
         self._open_turns.discard(turn_id)
         self.emit(ResponseStarted(response))
-        self._apply(self.barge_in.response_began(can_interrupt=self._can_interrupt()))  # already talked over?
+        threshold_ms = self.interruptions.threshold_ms(response, echo_unprotected=self.echo_unprotected)
+        self._apply(self.barge_in.response_began(can_interrupt=self._can_interrupt(), threshold_ms=threshold_ms))  # already talked over?
         return response
 
     def cancel_response(self, reason: str = "client_cancelled") -> Response | None:

@@ -45,6 +45,12 @@ DEFAULT_MIN_INTERRUPTION_MS = 80
 #: come later (on a loaded machine the p50 was 2.5 s).
 DEFAULT_FALSE_INTERRUPTION_MS = 3000
 
+#: Default of :attr:`InterruptionSettings.min_interruption_while_speaking_ms`: the barge-in
+#: threshold while the assistant is audible and no echo canceller runs (the fallback,
+#: ``Conversation.echo_unprotected``). Echo that gets through the echo gate comes in
+#: short bursts; measured in the echo room (docs/echo.md, ``--echo-compare``).
+DEFAULT_MIN_INTERRUPTION_WHILE_SPEAKING_MS = 240
+
 _WORD = re.compile(r"\w")
 
 
@@ -62,17 +68,28 @@ class InterruptionSettings:
     resume if none do; False cancels as soon as ``min_interruption_ms`` is reached.
     ``false_interruption_ms``: input audio after the interrupting sound ended, without
     words, after which the paused response resumes.
+    ``min_interruption_while_speaking_ms``: the threshold instead of ``min_interruption_ms``
+    while the assistant is audible and the microphone may hear it unfiltered (no echo
+    canceller runs: the fallback); a longer one keeps echo from interrupting the reply, at
+    the price of a later barge-in.
     """
 
     min_interruption_ms: int = DEFAULT_MIN_INTERRUPTION_MS
     resume_false_interruption: bool = True
     false_interruption_ms: int = DEFAULT_FALSE_INTERRUPTION_MS
+    min_interruption_while_speaking_ms: int = DEFAULT_MIN_INTERRUPTION_WHILE_SPEAKING_MS
 
     def __post_init__(self) -> None:
-        if self.min_interruption_ms < 0:
-            raise ValueError(f"min_interruption_ms must not be negative, got {self.min_interruption_ms}")
-        if self.false_interruption_ms < 0:
-            raise ValueError(f"false_interruption_ms must not be negative, got {self.false_interruption_ms}")
+        for name in ("min_interruption_ms", "false_interruption_ms", "min_interruption_while_speaking_ms"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+
+    def threshold_ms(self, response: Response | None, *, echo_unprotected: bool) -> int:
+        """Voiced user audio that interrupts ``response`` now: more while it is audible and
+        nothing cancels its echo."""
+        if echo_unprotected and response is not None and response.played_ms > 0 and not response.paused:
+            return max(self.min_interruption_ms, self.min_interruption_while_speaking_ms)
+        return self.min_interruption_ms
 
 
 @dataclass
@@ -151,12 +168,14 @@ class BargeIn:
             return self._interrupt(turn_id, can_interrupt)
         return None
 
-    def speech_progress(self, turn_id: int, voiced_ms: int, *, can_interrupt: bool) -> Decision:
-        """The current turn has ``voiced_ms`` of voiced audio; at ``min_interruption_ms`` it interrupts."""
+    def speech_progress(self, turn_id: int, voiced_ms: int, *, can_interrupt: bool, threshold_ms: int | None = None) -> Decision:
+        """The current turn has ``voiced_ms`` of voiced audio; at ``threshold_ms`` (default
+        ``min_interruption_ms``; more while echo may reach the VAD: :meth:`InterruptionSettings.threshold_ms`)
+        it interrupts."""
         if turn_id != self._speech_turn:
             return None
         self._voiced_ms = voiced_ms
-        if voiced_ms >= self.settings.min_interruption_ms:
+        if voiced_ms >= (self.settings.min_interruption_ms if threshold_ms is None else threshold_ms):
             return self._interrupt(turn_id, can_interrupt)
         return None
 
@@ -190,9 +209,10 @@ class BargeIn:
                 return self._resume("no_words")
         return None
 
-    def response_began(self, *, can_interrupt: bool) -> Decision:
+    def response_began(self, *, can_interrupt: bool, threshold_ms: int | None = None) -> Decision:
         """A response began: the user may already be talking over it."""
-        if self._speech_turn is not None and self._voiced_ms >= self.settings.min_interruption_ms:
+        threshold = self.settings.min_interruption_ms if threshold_ms is None else threshold_ms
+        if self._speech_turn is not None and self._voiced_ms >= threshold:
             return self._interrupt(self._speech_turn, can_interrupt)
         return None
 

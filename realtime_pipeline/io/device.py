@@ -55,10 +55,13 @@ class MicrophoneSource(Stage):
 
     The PortAudio callback must never block, so frames go through a bounded
     deque: if the pipeline falls behind, the oldest audio is dropped and
-    counted in :attr:`dropped_frames`.
+    counted in :attr:`dropped_frames`. Each frame is stamped with the time its first
+    sample reached the converter (PortAudio's ADC time), the clock the echo canceller
+    aligns the speaker's loopback on; ``voice_pipeline`` puts one after it (``hears_output``).
     """
 
     name = "source"
+    hears_output = True
 
     def __init__(self, device: int | str | None = None, *, frame_ms: int = 20, max_queued_frames: int = 100) -> None:
         self.device = device
@@ -70,7 +73,9 @@ class MicrophoneSource(Stage):
     def _callback(self, data: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         if len(self._frames) == self._frames.maxlen:
             self.dropped_frames += 1
-        self._frames.append((data[:, 0].copy(), time.monotonic()))
+        now = time.monotonic()
+        adc_s = _monotonic(time_info, "inputBufferAdcTime", now)
+        self._frames.append((data[:, 0].copy(), now if adc_s is None else adc_s + frames / INPUT_SAMPLE_RATE_HZ))
 
     async def setup(self, ctx: StageContext) -> None:
         self._stream = _open_stream(
@@ -99,9 +104,25 @@ class MicrophoneSource(Stage):
             self._stream = None
 
 
+def _monotonic(time_info: Any, field: str, now_s: float) -> float | None:
+    """PortAudio's ``field`` (an ADC or DAC time, on the stream's clock) on the monotonic clock;
+    None where the host API gives no times (it reports 0 then)."""
+    try:
+        at, current = float(getattr(time_info, field)), float(time_info.currentTime)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return now_s + (at - current) if at > 0 and current > 0 else None
+
+
 class SpeakerOutput(AudioOutput):
     """The default (or a chosen) output device. Blocks are queued for the PortAudio
-    callback; :meth:`flush` empties that queue so a barge-in silences it at once."""
+    callback; :meth:`flush` empties that queue so a barge-in silences it at once.
+
+    The loopback gets what each callback really handed the device (silence included),
+    at the time PortAudio says it reaches the converter: the echo canceller's reference.
+    """
+
+    records_writes = False
 
     def __init__(self, sample_rate_hz: int, *, device: int | str | None = None, buffer_ms: int = 60) -> None:
         super().__init__(sample_rate_hz, paced=True, buffer_ms=buffer_ms)
@@ -123,6 +144,18 @@ class SpeakerOutput(AudioOutput):
                     self._queue.popleft()
                 else:
                     self._queue[0] = block[take:]
+        if self._loopback is not None:
+            now = time.monotonic()
+            dac_s = _monotonic(time_info, "outputBufferDacTime", now)
+            self._loopback.played(now + self.latency_s if dac_s is None else dac_s, out[:, 0])
+
+    @property
+    def latency_s(self) -> float:
+        """The device's output latency (PortAudio's estimate), when it gives no DAC times."""
+        try:
+            return float(self._stream.latency) if self._stream is not None else 0.0
+        except (AttributeError, TypeError, ValueError):
+            return 0.0
 
     async def open(self) -> None:
         self._stream = _open_stream(

@@ -16,6 +16,8 @@ from pathlib import Path
 import anyio
 import numpy as np
 
+from .loopback import Loopback
+
 
 @dataclass(frozen=True)
 class PlayedBlock:
@@ -27,7 +29,15 @@ class PlayedBlock:
 
 
 class AudioOutput:
-    """Base output. Subclasses implement :meth:`_consume`; pacing and flushing are shared."""
+    """Base output. Subclasses implement :meth:`_consume`; pacing and flushing are shared.
+
+    :meth:`loopback` is the record of what it played and when (the echo canceller's
+    far-end reference); written blocks go there with their play time, unless the
+    subclass knows better (the speaker records what its callback really played).
+    """
+
+    #: Whether :meth:`write` records blocks in the loopback (False: the subclass does).
+    records_writes = True
 
     def __init__(self, sample_rate_hz: int, *, paced: bool = False, buffer_ms: int = 40) -> None:
         if sample_rate_hz <= 0:
@@ -37,6 +47,13 @@ class AudioOutput:
         self.buffer_s = buffer_ms / 1000.0
         self._play_end_s = 0.0  # monotonic time at which everything written so far has played
         self._pending: list[tuple[float, int]] = []  # (end time, samples) of blocks not yet played
+        self._loopback: Loopback | None = None
+
+    def loopback(self) -> Loopback:
+        """What this output played, on the monotonic clock (created on first use)."""
+        if self._loopback is None:
+            self._loopback = Loopback(self.sample_rate_hz)
+        return self._loopback
 
     async def open(self) -> None:
         """Acquire the device or file. Default: nothing."""
@@ -54,6 +71,8 @@ class AudioOutput:
             self._pending = [(end, n) for end, n in self._pending if end > now]
             self._pending.append((self._play_end_s, len(samples)))
         self._consume(PlayedBlock(start, samples, response_id))
+        if self._loopback is not None and self.records_writes:
+            self._loopback.played(start, samples)
         if self.paced:
             await anyio.sleep(max(0.0, self._play_end_s - self.buffer_s - time.monotonic()))
         return start
@@ -69,6 +88,8 @@ class AudioOutput:
                 dropped += min(count, int((end - now) * self.sample_rate_hz))
         self._pending = []
         self._play_end_s = now
+        if self._loopback is not None and self.records_writes:
+            self._loopback.flushed(now)
         self._truncate(dropped)
         return dropped
 

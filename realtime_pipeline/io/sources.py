@@ -72,9 +72,11 @@ class MemorySource(Stage):
         lead_silence_ms: int = 300,
         trailing_silence_ms: int = 1000,
         gap_ms: int = 300,
+        max_wait_s: float | None = None,
     ) -> None:
         """``trailing_silence_ms`` follows each turn (it must exceed the VAD's silence duration);
-        with ``wait_for_reply`` the source then waits until the conversation is idle and adds
+        with ``wait_for_reply`` the source then waits until the conversation is idle (at most
+        ``max_wait_s`` in real time: an assistant that hears itself never is) and adds
         ``gap_ms`` before the next turn."""
         if not turns:
             raise ValueError("a source needs at least one turn of audio")
@@ -90,6 +92,9 @@ class MemorySource(Stage):
         self.lead_silence_ms = lead_silence_ms
         self.trailing_silence_ms = trailing_silence_ms
         self.gap_ms = gap_ms
+        self.max_wait_s = max_wait_s
+        #: Turns after which the conversation was not idle within ``max_wait_s``.
+        self.wait_timeouts = 0
         #: Stream position (in input samples) where each turn's audio starts.
         self.turn_start_samples: list[int] = []
 
@@ -109,7 +114,8 @@ class MemorySource(Stage):
             if self.wait_for_reply:
                 heard_up_to = mic.position
                 if self.realtime:  # a microphone hears silence while the reply plays
-                    await mic.silence_until(lambda: replied(heard_up_to))
+                    if not await mic.silence_until(lambda: replied(heard_up_to), limit_s=self.max_wait_s):
+                        self.wait_timeouts += 1
                 else:
                     while not replied(heard_up_to):
                         if conversation.user_speaking:  # the end of turn is still open: it needs the silence

@@ -1,0 +1,333 @@
+"""Acoustic echo cancellation on the local path: the microphone no longer hears the assistant.
+
+With a speaker and a microphone on one machine the microphone hears every
+reply; without this the VAD takes the assistant's voice for the user and the
+reply interrupts itself. :class:`EchoCancellation` is a stage between the
+source and the VAD running WebRTC's AEC3 (the ``pywebrtc-audio`` package, the
+``[aec]`` extra) on 10 ms frames at 16 kHz. Its far-end reference is exactly
+what the output played: the output's :class:`~.io.loopback.Loopback`, read on
+the microphone's clock (sample ``n`` of the input was captured at
+``origin + n / 16000``), resampled from the output rate without streaming lag,
+and silent where nothing played (gaps, flushed audio). AEC3 finds the acoustic
+delay itself.
+
+Package choice (docs/echo.md): ``pywebrtc-audio`` and ``livekit``'s
+``rtc.AudioProcessingModule`` both run AEC3 in-process without a server;
+on real speech over a real Piper reply in the echo room, pywebrtc-audio
+removed more echo (ERLE 37 against 31 dB at 0 dB, 100 ms) at the same cost
+(0.1 ms per 10 ms frame) and depends on numpy only.
+
+Without the package, :class:`EchoGate` is the fallback: while the assistant
+is audible, microphone frames that are not clearly louder than its echo could
+be are muted, and barge-in needs
+:attr:`~.interruption.InterruptionSettings.min_interruption_while_speaking_ms`
+of voiced audio; :func:`echo_stage` logs once which one runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .audio import INPUT_SAMPLE_RATE_HZ
+from .frames import AudioFrame
+from .io.loopback import LoopbackReader
+from .io.outputs import AudioOutput
+from .stage import Inbox, Outbox, Stage, StageContext
+
+log = logging.getLogger(__name__)
+
+AEC_PACKAGE = "pywebrtc-audio"
+INSTALL_HINT = "pip install 'realtime_pipeline[aec]'"
+#: AEC3 works on 10 ms frames.
+FRAME_MS = 10
+
+
+class EchoCancellerUnavailable(RuntimeError):
+    """The AEC package is not installed (or does not load); the message says how to get it."""
+
+
+def _import_backend() -> ModuleType:
+    """The AEC3 binding (a function, so tests can make the import fail)."""
+    import pywebrtc_audio
+
+    return pywebrtc_audio
+
+
+def load_backend() -> ModuleType:
+    try:
+        return _import_backend()
+    except ImportError as error:  # also an OSError from a broken binary wheel, re-raised as ImportError by Python
+        raise EchoCancellerUnavailable(
+            f"echo cancellation needs the {AEC_PACKAGE} package ({error}); install it with: {INSTALL_HINT}"
+        ) from None
+
+
+def aec_available() -> bool:
+    try:
+        load_backend()
+    except EchoCancellerUnavailable:
+        return False
+    return True
+
+
+class EchoCanceller:
+    """WebRTC AEC3 (with its high-pass filter; no noise suppression or gain control, which
+    would change what the ASR hears) on mono int16 audio in 10 ms frames."""
+
+    def __init__(self, sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> None:
+        backend = load_backend()
+        self.sample_rate_hz = sample_rate_hz
+        self.frame_samples = sample_rate_hz * FRAME_MS // 1000
+        self._apm = backend.AudioProcessor(sample_rate_hz, 1, echo_cancellation=True, high_pass_filter=True, stream_delay_ms=0)
+
+    def process(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """The capture without the echo of ``reference`` (same length, a multiple of 10 ms; the
+        reference sample ``i`` played when capture sample ``i`` was recorded)."""
+        if len(capture) != len(reference) or len(capture) % self.frame_samples:
+            raise ValueError(f"capture and reference must be equal multiples of {self.frame_samples} samples, "
+                             f"got {len(capture)} and {len(reference)}")
+        return self._apm.process(np.ascontiguousarray(capture, dtype=np.int16), np.ascontiguousarray(reference, dtype=np.int16))
+
+
+@dataclass(frozen=True)
+class ProcessedFrame:
+    """Energies (sums of squares, int16 scale) of one frame: into the stage, out of AEC3 (the
+    same as ``in_energy`` without it), out of the stage; and of its far-end reference."""
+
+    start_sample: int
+    samples: int
+    in_energy: float
+    aec_energy: float
+    out_energy: float
+    reference_energy: float
+
+
+def _energy(samples: np.ndarray) -> float:
+    return float(np.sum(samples.astype(np.float64) ** 2))
+
+
+#: Defaults of :class:`ResidualGate`, measured in the echo room (docs/echo.md).
+GATE_WINDOW_MS = 400
+GATE_MARGIN_DB = 6.0
+GATE_AUDIBLE_DBFS = -60.0
+
+
+class ResidualGate:
+    """Mutes 10 ms frames that are no louder than the assistant's echo can be (a half-duplex
+    echo suppressor): the fallback without AEC3, and behind AEC3 while it has not converged.
+
+    While the assistant is audible (its played level within ``window_ms``, which covers
+    the echo's delay and reverberation, is above ``audible_dbfs``), a frame is muted unless
+    it is ``margin_db`` louder than the loudest recent reference frame plus the coupling
+    (how much louder than that the input is on echo alone). The coupling starts at
+    ``prior_coupling_db`` (0: the echo may be as loud as what played) and is then the 90th
+    percentile of the last 500 frames judged echo (never below -40 dB); louder frames (the
+    user) do not move it.
+    """
+
+    def __init__(self, *, window_ms: int = GATE_WINDOW_MS, margin_db: float = GATE_MARGIN_DB,
+                 audible_dbfs: float = GATE_AUDIBLE_DBFS, prior_coupling_db: float = 0.0) -> None:
+        self.margin_db = margin_db
+        self.audible_dbfs = audible_dbfs
+        self.prior_coupling_db = prior_coupling_db
+        self._step = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
+        self._reference_db: deque[float] = deque(maxlen=max(1, window_ms // FRAME_MS))
+        self._coupling_db: deque[float] = deque(maxlen=500)
+        self.muted_frames = 0
+
+    @property
+    def coupling_db(self) -> float:
+        if len(self._coupling_db) < 50:
+            return self.prior_coupling_db
+        return max(-40.0, float(np.percentile(self._coupling_db, 90)))
+
+    @staticmethod
+    def _level_db(samples: np.ndarray) -> float:
+        return float(10.0 * np.log10(np.mean(np.square(samples.astype(np.float64))) / 32768.0**2 + 1e-12))
+
+    def process(self, capture: np.ndarray, reference: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
+        out = capture.copy()
+        for offset in range(0, len(capture), self._step):
+            mic_db = self._level_db(capture[offset : offset + self._step])
+            self._reference_db.append(self._level_db(reference[offset : offset + self._step]))
+            loudest_db = max(self._reference_db)
+            if loudest_db < self.audible_dbfs:
+                continue
+            above_db = mic_db - loudest_db
+            if above_db < self.coupling_db + self.margin_db:
+                self._coupling_db.append(above_db)
+                out[offset : offset + self._step] = 0
+                self.muted_frames += 1
+        return out
+
+
+#: Default of :attr:`ResidualSuppressor.below_echo_db`: AEC3 leaves its residual 25-40 dB
+#: under the echo it removed (ERLE, docs/echo.md), a user talking over the reply is near the
+#: echo's level (double talk), so 20 dB under the echo separates them.
+RESIDUAL_BELOW_ECHO_DB = 20.0
+
+
+class ResidualSuppressor(ResidualGate):
+    """Behind AEC3: mutes 10 ms frames of its output more than ``below_echo_db`` under the
+    echo the microphone hears, while the assistant is audible.
+
+    AEC3 leaves a quiet residual (its linear filter is shorter than a room's reverberation,
+    and it needs a moment to find the delay): at -45 to -60 dBFS over digital silence, and
+    webrtcvad, which does not look at the level, calls it voiced. The echo's level is the
+    loudest recent reference frame plus the coupling, learnt on the frames AEC3 itself
+    took 20 dB or more out of (echo alone: the 90th percentile of microphone minus
+    reference over the last 500 of them; ``prior_coupling_db`` until 50 are seen).
+    """
+
+    def __init__(self, *, below_echo_db: float = RESIDUAL_BELOW_ECHO_DB, **options: Any) -> None:
+        super().__init__(**options)
+        self.below_echo_db = below_echo_db
+
+    @property
+    def coupling_db(self) -> float:
+        if len(self._coupling_db) < 50:
+            return self.prior_coupling_db
+        return float(np.percentile(self._coupling_db, 90))
+
+    def process(self, capture: np.ndarray, reference: np.ndarray, raw: np.ndarray | None = None) -> np.ndarray:
+        """``capture`` is AEC3's output, ``raw`` what went into it."""
+        assert raw is not None, "the suppressor compares AEC3's output with its input"
+        out = capture.copy()
+        for offset in range(0, len(capture), self._step):
+            piece = slice(offset, offset + self._step)
+            out_db, in_db = self._level_db(capture[piece]), self._level_db(raw[piece])
+            self._reference_db.append(self._level_db(reference[piece]))
+            loudest_db = max(self._reference_db)
+            if loudest_db < self.audible_dbfs:
+                continue
+            if out_db < in_db - 20.0:
+                self._coupling_db.append(in_db - loudest_db)
+            if out_db < loudest_db + self.coupling_db - self.below_echo_db:
+                out[piece] = 0
+                self.muted_frames += 1
+        return out
+
+
+class _ReferenceStage(Stage):
+    """Shared by the canceller and the gate: reads the output's loopback on the input's clock,
+    in whole 10 ms frames, and records each frame's energies."""
+
+    name = "aec"
+
+    def __init__(self, output: AudioOutput, gate: ResidualGate | None, *, max_records: int = 200_000) -> None:
+        self.output = output
+        self.loopback = output.loopback()
+        self.gate = gate
+        self.records: deque[ProcessedFrame] = deque(maxlen=max_records)
+        self._reader: LoopbackReader | None = None
+        self._step = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
+        self._carry = np.zeros(0, dtype=np.int16)
+
+    def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        return capture
+
+    def _process(self, start: int, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """Whole 10 ms frames from input sample ``start`` through AEC3 (if any) and the gate (if any)."""
+        cancelled = self._cancel(capture, reference)
+        out = self.gate.process(cancelled, reference, capture) if self.gate is not None else cancelled
+        self.records.append(ProcessedFrame(start, len(capture), _energy(capture), _energy(cancelled), _energy(out),
+                                           _energy(reference)))
+        return out
+
+    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+        async for frame in inbox:
+            if not isinstance(frame, AudioFrame):
+                await outbox.send(frame)
+                continue
+            if frame.sample_rate_hz != INPUT_SAMPLE_RATE_HZ:
+                raise ValueError(f"echo cancellation works at {INPUT_SAMPLE_RATE_HZ} Hz, got a {frame.sample_rate_hz} Hz frame")
+            if self._reader is None:  # input sample 0 on the monotonic clock (frames are only ever late)
+                origin_s = frame.captured_at_s - frame.end_sample / INPUT_SAMPLE_RATE_HZ
+                self._reader = LoopbackReader(self.loopback, INPUT_SAMPLE_RATE_HZ, origin_s)
+            samples = np.concatenate([self._carry, frame.samples]) if self._carry.size else frame.samples
+            start = frame.start_sample - len(self._carry)
+            usable = len(samples) // self._step * self._step
+            self._carry = samples[usable:]
+            if usable == 0:
+                continue
+            capture = samples[:usable]
+            reference = np.clip(np.round(self._reader.read(start, usable)), -32768, 32767).astype(np.int16)
+            cleaned = self._process(start, capture, reference)
+            await outbox.send(AudioFrame(cleaned, INPUT_SAMPLE_RATE_HZ, start, frame.captured_at_s))
+
+
+class EchoCancellation(_ReferenceStage):
+    """AEC3 between the source and the VAD; the far end is ``output``'s loopback.
+
+    A :class:`ResidualSuppressor` follows it (``residual_gate=False``: none): without it
+    AEC3's quiet residual reached the VAD and paused the first reply of a 3-turn run.
+    """
+
+    def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True) -> None:
+        super().__init__(output, ResidualSuppressor() if residual_gate else None)
+        self.canceller = canceller
+
+    async def setup(self, ctx: StageContext) -> None:
+        if self.canceller is None:
+            self.canceller = EchoCanceller()
+
+    def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        assert self.canceller is not None, "setup() first"
+        return self.canceller.process(capture, reference)
+
+
+class EchoGate(_ReferenceStage):
+    """The fallback without AEC3: only the :class:`ResidualGate` on the raw microphone.
+
+    So the user interrupts by speaking over the echo, and the Conversation also asks for
+    ``min_interruption_while_speaking_ms`` of voiced audio then
+    (``Conversation.echo_unprotected``), against echo that gets through.
+    """
+
+    def __init__(self, output: AudioOutput, gate: ResidualGate | None = None) -> None:
+        super().__init__(output, gate or ResidualGate())
+
+    async def setup(self, ctx: StageContext) -> None:
+        ctx.conversation.echo_unprotected = True
+
+    @property
+    def muted_frames(self) -> int:
+        assert self.gate is not None
+        return self.gate.muted_frames
+
+
+_logged_missing = False
+
+
+def echo_stage(output: AudioOutput, *, enabled: bool = True) -> Stage:
+    """The stage that keeps the assistant's voice out of the input: AEC3 if the package is
+    installed and ``enabled``, else the :class:`EchoGate` fallback (logged once, with why)."""
+    global _logged_missing
+    if enabled:
+        try:
+            load_backend()
+            return EchoCancellation(output)
+        except EchoCancellerUnavailable as error:
+            if not _logged_missing:
+                log.warning("%s; until then barge-in over the assistant's voice uses the echo gate fallback "
+                            "(speak over it, and longer: see docs/echo.md)", error)
+                _logged_missing = True
+    else:
+        log.info("echo cancellation off (--no-aec): the echo gate fallback keeps the assistant's voice out")
+    return EchoGate(output)
+
+
+def stage_summary(stage: Any) -> dict[str, Any]:
+    """What ran: ``aec`` (AEC3), ``gate`` (the fallback) or ``none``."""
+    if isinstance(stage, EchoCancellation):
+        return {"mode": "aec", "package": AEC_PACKAGE,
+                "residual_gate_muted_frames": stage.gate.muted_frames if stage.gate is not None else None}
+    if isinstance(stage, EchoGate):
+        return {"mode": "gate", "muted_frames": stage.muted_frames}
+    return {"mode": "none"}

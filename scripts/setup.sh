@@ -47,7 +47,7 @@ if [ ! -f "$MARKER" ]; then
     touch "$MARKER"
 fi
 echo "setup: installing realtime_pipeline and its dependencies"
-"${PIP[@]}" install -e ".[models,dev,bench,server,clients,webrtc]"
+"${PIP[@]}" install -e ".[models,dev,bench,server,clients,webrtc,aec]"
 # Model packages whose own dependencies are unrelated (a CLI; a whole framework): take only the
 # files. pipecat-ai carries the Smart Turn v3.2 end-of-turn model (BSD-2-Clause); the server's
 # client tests also run its OpenAIRealtimeLLMService, whose imports the `clients` extra adds

@@ -18,7 +18,7 @@ from realtime_pipeline.pipeline import StageError
 from realtime_pipeline.conversation import Conversation, FunctionCall, FunctionCallOutput
 from realtime_pipeline.frames import TranscriptFinal
 from realtime_pipeline.llm_engine import BlockingEngine, EngineSwitched, LLMRequest, TextPiece, ToolCallPiece
-from realtime_pipeline.responder import LLM_ENGINE, EngineSwitchedEvent, Responder, RunTools
+from realtime_pipeline.responder import LLM_ENGINE, EngineSwitchedEvent, Responder, RunTools, ToolStrategy
 from realtime_pipeline.server import ServerOptions, SessionOptions
 from realtime_pipeline.server.responses import ClientTools
 from realtime_pipeline.stage import Stage
@@ -165,9 +165,9 @@ async def test_a_failing_engine_stops_the_pipeline_with_a_stage_error_naming_the
     assert raised.value.stage_name == "llm" and "model exploded" in str(raised.value)
 
 
-def test_strategies_are_the_pipelines_and_the_servers():
+def test_the_pipeline_runs_tools_itself_and_the_server_hands_them_to_its_client():
     assert isinstance(Responder(PieceEngine([])).strategy, RunTools)
-    assert issubclass(ClientTools, RunTools.__mro__[1])  # both are ToolStrategy
+    assert issubclass(ClientTools, ToolStrategy) and not issubclass(ClientTools, RunTools)
 
 
 @pytest.mark.anyio

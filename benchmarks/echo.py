@@ -3,7 +3,8 @@
 ``python -m benchmarks.latency --echo-delay-ms 100 --echo-gain-db 0`` (and
 ``benchmarks.barge_in`` with the same options) put an
 :class:`~realtime_pipeline.io.echo_room.EchoRoom` between the virtual speaker
-and the source, and the pipeline's echo stage after it: AEC3 (``aec``), the
+and the source, and the pipeline's echo stage after it: AEC3 (``aec``; with the double-talk
+path: ``double-talk``), the
 fallback gate (``gate``, ``--no-aec``) or nothing (``off``). ``--echo-compare``
 runs the same turns once per mode. ``summary.echo`` then has, per mode:
 
@@ -34,7 +35,7 @@ from realtime_pipeline.io.outputs import AudioOutput
 from realtime_pipeline.pipeline import Pipeline
 from realtime_pipeline.stage import Stage
 
-MODES = ("aec", "gate", "off")
+MODES = ("aec", "double-talk", "gate", "off")
 #: Echo frames quieter than this do not count in the ERLE (nothing left to cancel).
 ERLE_FLOOR_DBFS = -50.0
 
@@ -60,7 +61,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--echo-seed", type=int, default=0, help="echo room: seed of its impulse response")
     parser.add_argument("--no-aec", action="store_true", help="echo room: the fallback echo gate instead of AEC3")
     parser.add_argument("--echo-mode", choices=MODES, default=None,
-                        help="echo room: aec (AEC3), gate (the fallback, = --no-aec) or off (nothing: the raw echo)")
+                        help="echo room: aec (AEC3), double-talk (AEC3 and the double-talk path), gate (the fallback, "
+                        "= --no-aec) or off (nothing: the raw echo)")
     parser.add_argument("--echo-compare", action="store_true",
                         help="echo room: run the same turns with aec, gate and off; summary.echo has each")
 

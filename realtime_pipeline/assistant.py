@@ -19,6 +19,9 @@ from .tracing import Tracer
 from .turn_taking import AUDIO_MODEL, TEXT_MODEL
 
 
+#: What ``voice_pipeline(echo=...)`` accepts.
+ECHO_MODES = ("auto", "aec", "double-talk", "gate", "off")
+
 def voice_pipeline(
     source: Stage,
     output: AudioOutput,
@@ -46,16 +49,18 @@ def voice_pipeline(
     A source that hears the output (``source.hears_output``: the microphone, the echo
     room) gets an echo stage after it (:mod:`.echo_cancel`): ``echo="auto"`` runs AEC3
     when its package is installed, else the echo gate fallback; ``"aec"`` requires AEC3,
+    ``"double-talk"`` is AEC3 with the double-talk path (opt-in, see docs/echo.md),
     ``"gate"`` is the fallback, ``"off"`` nothing.
     """
-    if echo not in ("auto", "aec", "gate", "off"):
-        raise ValueError(f"echo must be 'auto', 'aec', 'gate' or 'off', got {echo!r}")
+    if echo not in ECHO_MODES:
+        raise ValueError(f"echo must be one of {', '.join(map(repr, ECHO_MODES))}, got {echo!r}")
     vad_stage = vad if isinstance(vad, WebRTCVAD) else WebRTCVAD(vad)
     sources = vad_stage.settings.turn_taking.sources
     stages: list[Stage] = [source]
     if getattr(source, "hears_output", False) and echo != "off":
-        stages.append(EchoCancellation(output) if echo == "aec" else EchoGate(output) if echo == "gate"
-                      else echo_stage(output))
+        stages.append(EchoCancellation(output) if echo == "aec"
+                      else EchoCancellation(output, double_talk=True) if echo == "double-talk"
+                      else EchoGate(output) if echo == "gate" else echo_stage(output))
     stages.append(vad_stage)
     if AUDIO_MODEL in sources:
         stages.append(turn or SmartTurn())

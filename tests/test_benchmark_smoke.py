@@ -136,3 +136,20 @@ def test_word_error_rate_normalizes_both_sides() -> None:
 def test_tracer_overhead_runs_both_ways() -> None:
     result = anyio.run(tracer_overhead.measure, 500, 1)
     assert result.traced_fps > 0 and result.untraced_fps > 0 and result.ratio > 0
+
+
+@pytest.mark.models
+@pytest.mark.skipif(not __import__("realtime_pipeline.echo_cancel", fromlist=["x"]).aec_available(),
+                    reason="the [aec] extra is not installed")
+def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir: Path, tmp_path: Path) -> None:
+    """A scripted two-turn conversation through the whole pipeline, the speaker's echo at 0 dB in
+    the microphone: every turn is answered and no reply is paused by its own echo."""
+    out = tmp_path / "report.json"
+    command = [sys.executable, "-m", "benchmarks.latency", "--audio-dir", str(audio_dir), "--limit", "2",
+               "--echo-delay-ms", "100", "--echo-gain-db", "0", "--json", str(out), "--quiet"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.aec")
+    assert echo["stage"]["mode"] == "aec" and echo["turns_answered"] == 2
+    assert echo["self_interruptions"] == 0 and echo["echo_turns"] == 0
+    assert echo["erle_db"] is not None and echo["erle_db"] >= 25.0

@@ -1,0 +1,89 @@
+"""The double-talk pieces without models: the linear echo filter and the near-end detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector
+from realtime_pipeline.io.echo_room import synthetic_impulse_response
+
+RATE = 16000
+BLOCK = 160
+
+
+def _db(signal: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(np.square(signal.astype(np.float64))) + 1e-12))
+
+
+def _room(reference: np.ndarray, *, delay_ms: int = 50, gain_db: float = -3.0) -> np.ndarray:
+    response = np.concatenate([np.zeros(delay_ms * RATE // 1000), synthetic_impulse_response(rt60_ms=200, length_ms=250)])
+    return np.convolve(reference, response)[: len(reference)] * 10 ** (gain_db / 20)
+
+
+def _run(linear: LinearEchoFilter, capture: np.ndarray, reference: np.ndarray, *, adapt: bool = True) -> np.ndarray:
+    return np.concatenate([linear.process(capture[i : i + BLOCK], reference[i : i + BLOCK], adapt=adapt)
+                           for i in range(0, len(capture) // BLOCK * BLOCK, BLOCK)])
+
+
+def test_the_linear_filter_learns_a_delayed_reverberant_echo_path():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 3000, 6 * RATE)  # -21 dBFS noise
+    echo = _room(reference)
+    linear = LinearEchoFilter()
+    residual = _run(linear, echo, reference)
+    last_second = slice(5 * RATE, 6 * RATE)
+    erle_db = _db(echo[last_second]) - _db(residual[last_second])
+    assert erle_db > 20.0, erle_db  # measured 55 dB (27 dB after 3 s); a filter that did not learn stays near 0
+
+
+def test_a_voice_the_filter_did_not_learn_passes_through_it():
+    rng = np.random.default_rng(1)
+    reference = rng.normal(0, 3000, 6 * RATE)
+    echo = _room(reference)
+    linear = LinearEchoFilter()
+    _run(linear, echo[: 5 * RATE], reference[: 5 * RATE])
+    t = np.arange(RATE) / RATE
+    voice = 1000 * np.sin(2 * np.pi * 300 * t)  # 20 dB under the echo
+    residual = _run(linear, echo[5 * RATE :] + voice, reference[5 * RATE :], adapt=False)
+    assert abs(_db(residual) - _db(voice)) < 1.0  # the voice, and only a little echo
+
+
+def test_the_linear_filter_checks_its_arguments():
+    with pytest.raises(ValueError, match="step"):
+        LinearEchoFilter(step=2.0)
+    linear = LinearEchoFilter()
+    with pytest.raises(ValueError, match="blocks of 160"):
+        linear.cancel(np.zeros(320), np.zeros(320))
+
+
+def test_the_detector_waits_until_the_filter_removes_enough_echo():
+    detector = NearEndDetector(min_frames=100, min_removed_db=12.0)
+    for _ in range(99):
+        detector.learn(-30.0)
+    assert detector.threshold_db is None  # too few frames to know the filter
+    assert not detector.is_near_end(0.0)
+    detector.learn(-30.0)
+    assert detector.threshold_db == pytest.approx(-30.0 + detector.margin_db)
+    unconverged = NearEndDetector()
+    for _ in range(200):
+        unconverged.learn(-8.0)  # removes 8 dB: not converged, every frame keeps AEC3's output
+    assert unconverged.threshold_db is None
+
+
+def test_near_end_needs_three_of_four_frames_above_the_threshold():
+    detector = NearEndDetector()
+    rng = np.random.default_rng(2)
+    for value in -35.0 + rng.normal(0, 2, 150):
+        detector.learn(float(value))
+    threshold = detector.threshold_db
+    assert threshold is not None and -35 + detector.margin_db < threshold < -25 + detector.margin_db
+    loud, quiet = threshold + 3, threshold - 3
+    assert [detector.is_near_end(v) for v in (loud, quiet, quiet, loud)] == [False] * 4  # single frames: echo
+    assert detector.above  # the last frame was above: the caller does not learn from it
+    assert [detector.is_near_end(v) for v in (loud, loud)] == [False, True]  # 3 of the last 4
+    assert detector.near_end_frames == 1
+    detector.reset()  # the far end went quiet: confirmation starts afresh
+    assert not detector.is_near_end(loud) and not detector.is_near_end(loud) and detector.is_near_end(loud)
+    with pytest.raises(ValueError, match="confirm_frames"):
+        NearEndDetector(confirm_frames=5, within_frames=4)

@@ -1,0 +1,121 @@
+"""Echo cancellation on real audio: a real Piper reply in the echo room, real speech spoken over it.
+
+The stage runs offline on the room's microphone signal (``EchoCancellation.process``), so the
+figures are exact: no timing, no threads. The pipeline-level run (AEC in the whole conversation)
+is ``test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself``.
+"""
+
+from __future__ import annotations
+
+import jiwer
+import numpy as np
+import pytest
+import webrtcvad
+
+from realtime_pipeline import echo_cancel
+from realtime_pipeline.audio import read_wav, resample
+from realtime_pipeline.cancellation import CancelToken
+from realtime_pipeline.echo_cancel import EchoCancellation, EchoCanceller
+from realtime_pipeline.io.echo_room import EchoRoomSettings
+from realtime_pipeline.io.outputs import MemoryOutput
+from realtime_pipeline.stages.vad import VADSettings
+from benchmarks.barge_in import speech_onset_sample
+
+from conftest import SPEECH_DIR, load_transcripts, normalize_text
+
+pytestmark = [pytest.mark.models,
+              pytest.mark.skipif(not echo_cancel.aec_available(), reason="the [aec] extra is not installed")]
+
+RATE = 16000
+REPLY = ("Paris is the capital of France, and it sits on the river Seine in the north of the country. "
+         "It is known for the Eiffel Tower, the Louvre museum and its many cafes along wide boulevards. "
+         "Millions of visitors come every year to see its art, its food and its old streets.")
+USER = "ps_librivox_0920.wav"
+USER_ONSET_S = 7.0  # into the reply: the echo path has been heard for a while, as after a few turns
+
+
+@pytest.fixture(scope="module")
+def room(tts):
+    """The reply as played (16 kHz), the microphone (its echo plus the user) and where the user is."""
+    reply = tts.synthesize(REPLY, CancelToken())
+    played = np.round(resample(reply.astype(np.float32) / 32768, tts.output_sample_rate_hz, RATE) * 32767)
+    settings = EchoRoomSettings(delay_ms=100, gain_db=0.0)
+    delayed = np.concatenate([np.zeros(settings.delay_ms * RATE // 1000), played])
+    echo = np.convolve(delayed, settings.response())[: len(played)]
+    user, rate = read_wav(SPEECH_DIR / USER)
+    assert rate == RATE
+    onset = speech_onset_sample(user)
+    start = int(USER_ONSET_S * RATE) - onset
+    assert start + len(user) < len(played), "the reply must outlast the user"
+    mixed = echo.copy()
+    mixed[start : start + len(user)] += user
+    capture = np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
+    return played.astype(np.int16), capture, echo, start, len(user), start + onset
+
+
+def _process(capture: np.ndarray, reference: np.ndarray, *, double_talk: bool = True) -> tuple[np.ndarray, EchoCancellation]:
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller(), double_talk=double_talk)
+    step = 320
+    usable = len(capture) // step * step
+    out = np.concatenate([stage.process(i, capture[i : i + step], reference[i : i + step]) for i in range(0, usable, step)])
+    return out, stage
+
+
+def _vad_starts(samples: np.ndarray) -> list[int]:
+    """Samples where the server VAD's rule (3 of the last 5 20 ms frames voiced) would start speech."""
+    settings = VADSettings()
+    vad = webrtcvad.Vad(settings.aggressiveness)
+    frame = RATE * settings.frame_ms // 1000
+    window = settings.min_speech_ms // settings.frame_ms
+    recent: list[bool] = []
+    starts, in_speech, unvoiced = [], False, 0
+    for i in range(0, len(samples) - frame, frame):
+        voiced = vad.is_speech(samples[i : i + frame].tobytes(), RATE)
+        recent = (recent + [voiced])[-window:]
+        if not in_speech and voiced and len(recent) == window and sum(recent) / window >= settings.threshold:
+            starts.append(i)
+            in_speech, unvoiced = True, 0
+        elif in_speech:
+            unvoiced = 0 if voiced else unvoiced + 1
+            in_speech = unvoiced < 15
+    return starts
+
+
+def _energy(samples: np.ndarray) -> float:
+    return float(np.sum(np.square(samples.astype(np.float64))))
+
+
+@pytest.mark.parametrize("double_talk", [False, True], ids=["aec", "double-talk"])
+def test_aec_removes_a_real_reply_and_the_vad_hears_nothing_until_the_user_speaks(room, double_talk):
+    reference, capture, echo, start, _, onset = room
+    out, stage = _process(capture, reference, double_talk=double_talk)
+    alone = slice(2 * RATE, start)  # echo alone, after AEC3's first two seconds
+    loud = np.array([_energy(echo[i : i + 160]) / 160 > (32768 * 10 ** (-50 / 20)) ** 2 for i in range(alone.start, alone.stop, 160)])
+    mic = sum(_energy(capture[i : i + 160]) for i, keep in zip(range(alone.start, alone.stop, 160), loud) if keep)
+    left = sum(_energy(out[i : i + 160]) for i, keep in zip(range(alone.start, alone.stop, 160), loud) if keep)
+    assert 10 * np.log10(mic / left) >= 25.0  # the issue's ERLE target (measured: ~70 dB, muted to -90 dBFS)
+    assert _vad_starts(capture[:start])  # without AEC the echo alone starts the VAD
+    assert not _vad_starts(out[:start])  # with it: no self-interruption
+    if double_talk:
+        assert stage.near_end is not None and stage.near_end.threshold_db is not None  # the linear filter converged
+
+
+def test_the_user_speaking_over_the_echo_reaches_the_vad_and_the_asr(room, asr):
+    reference, capture, _, start, length, onset = room
+    out, stage = _process(capture, reference)
+    heard = [s for s in _vad_starts(out) if s >= start]
+    assert heard, "the user's speech over the echo never started the VAD"
+    # audio time, not wall time; this user starts breathy (-45..-55 dBFS for 250 ms): webrtcvad
+    # starts on the clean recording 60 ms after the onset, over the echo ~300 ms
+    assert heard[0] - onset < 0.5 * RATE
+    assert stage.double_talk_frames > 0
+    reference_words = load_transcripts()[USER]
+    wer_over_echo = jiwer.wer(reference_words, normalize_text(asr.transcribe(out[start : start + length])))
+    wer_alone = jiwer.wer(reference_words, normalize_text(asr.transcribe(read_wav(SPEECH_DIR / USER)[0])))
+    assert wer_over_echo <= wer_alone + 0.25  # measured: 0.05 and 0.05
+    # AEC3 and its suppressor alone remove most of a user this loud (1.6 dB under the echo):
+    # what the double-talk path is for (measured: 4.5x less energy, WER 0.89)
+    without, _ = _process(capture, reference, double_talk=False)
+    span = slice(onset, start + length)
+    assert _energy(out[span]) > 2 * _energy(without[span])
+    assert wer_over_echo < jiwer.wer(reference_words, normalize_text(asr.transcribe(without[start : start + length])))

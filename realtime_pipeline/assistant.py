@@ -22,6 +22,7 @@ from .turn_taking import AUDIO_MODEL, TEXT_MODEL
 #: What ``voice_pipeline(echo=...)`` accepts.
 ECHO_MODES = ("auto", "aec", "double-talk", "gate", "off")
 
+
 def voice_pipeline(
     source: Stage,
     output: AudioOutput,

@@ -85,13 +85,12 @@ class LinearEchoFilter:
         self._spectra = np.roll(self._spectra, 1, axis=0)
         self._spectra[0] = spectrum
         estimate = np.fft.irfft(np.sum(self._weights * self._spectra, axis=0), n=2 * self.block)[self.block:]
-        residual = capture.astype(np.float64) - estimate
-        return residual
+        return capture.astype(np.float64) - estimate
 
-    def adapt(self, residual: np.ndarray, *, step_scale: float = 1.0) -> None:
+    def adapt(self, residual: np.ndarray) -> None:
         """Move the filter towards the echo path from the last block's ``residual``."""
         error = np.fft.rfft(np.concatenate([np.zeros(self.block), residual]))
-        gradient = np.conj(self._spectra) * (self.step * step_scale * error / (np.maximum(self._power, 0.0) + self._floor))
+        gradient = np.conj(self._spectra) * (self.step * error / (np.maximum(self._power, 0.0) + self._floor))
         taps = np.fft.irfft(gradient, n=2 * self.block, axis=1)
         taps[:, self.block:] = 0.0  # the gradient constraint: a linear, not circular, convolution
         self._weights += np.fft.rfft(taps, axis=1)
@@ -152,17 +151,20 @@ class NearEndDetector:
         self.min_frames = min_frames
         self.min_removed_db = min_removed_db
         self._echo_alone: deque[float] = deque(maxlen=history)
+        self._threshold_db: float | None = None  # recomputed when the history changes
         self.near_end_frames = 0
 
     @property
     def threshold_db(self) -> float | None:
         """``residual_db`` above which a frame is near-end speech (None: not converged yet)."""
-        if len(self._echo_alone) < self.min_frames:
-            return None
-        typical = float(np.percentile(self._echo_alone, self.percentile))
-        if typical > -self.min_removed_db:
-            return None
-        return max(typical + self.margin_db, self.lowest_threshold_db)
+        return self._threshold_db
+
+    def _update_threshold(self) -> None:
+        self._threshold_db = None
+        if len(self._echo_alone) >= self.min_frames:
+            typical = float(np.percentile(self._echo_alone, self.percentile))
+            if typical <= -self.min_removed_db:
+                self._threshold_db = max(typical + self.margin_db, self.lowest_threshold_db)
 
     def is_near_end(self, residual_db: float) -> bool:
         """One frame while the far end is audible: does it hold near-end speech?"""
@@ -183,3 +185,4 @@ class NearEndDetector:
     def learn(self, residual_db: float) -> None:
         """A frame the caller knows is echo alone."""
         self._echo_alone.append(residual_db)
+        self._update_threshold()

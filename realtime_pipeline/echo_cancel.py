@@ -185,9 +185,6 @@ class ResidualGate:
         return out
 
 
-#: For this long after the far end becomes audible no frame is near-end evidence: the echo of
-#: a reply's first word (after the room's delay) leaves a few frames of larger residual.
-DOUBLE_TALK_ONSET_MS = 0
 #: A frame AEC3 took this much out of is echo alone (a user as loud as the echo keeps it from
 #: removing that much): the :class:`ResidualSuppressor` learns the coupling from such frames, and
 #: the double-talk filter the echo path.
@@ -312,7 +309,7 @@ class EchoCancellation(_ReferenceStage):
     quieter than the echo, so a linear echo canceller runs beside it; frames where the
     user's voice is in its residual go on as that residual (the user plus the little echo
     a linear filter leaves), ``hangover_ms`` after the last such frame too. Once that
-    filter has converged, the other frames are muted (``mute_echo``): AEC3's output there
+    filter has converged, the other frames are muted: AEC3's output there
     is only its residual, and with it webrtcvad heard the user later (VAD onset p50 350
     against 80 ms in a simulated 12-interruption session). Off by default: in two 30-turn
     runs it let the filter's residual through and paused 1 and 4 replies (0 without it).
@@ -326,10 +323,8 @@ class EchoCancellation(_ReferenceStage):
         self.near_end = NearEndDetector() if double_talk else None
         self.hangover_frames = hangover_ms // FRAME_MS
         self._hangover = 0
-        self._audible_frames = 0
         self._far_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
         self.double_talk_frames = 0
-        self.mute_echo = True
         self._rng = np.random.default_rng(0)
 
     async def setup(self, ctx: StageContext) -> None:
@@ -358,14 +353,13 @@ class EchoCancellation(_ReferenceStage):
             residual = self.linear.cancel(capture[piece], reference[piece])
             self._far_db.append(level_db(reference[piece]))
             if max(self._far_db) < GATE_AUDIBLE_DBFS:  # nothing plays: AEC3's output is the microphone
-                self._hangover = self._audible_frames = 0
+                self._hangover = 0
                 self.near_end.reset()
                 continue
-            self._audible_frames += 1
             mic_db, linear_db = level_db(capture[piece]), level_db(residual)
-            onset = self._audible_frames <= DOUBLE_TALK_ONSET_MS // FRAME_MS
-            # a residual louder than the microphone is the filter's own error, not a voice
-            if onset or linear_db > mic_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
+            # a residual louder than the microphone is the filter's own error (the echo of a
+            # reply's first word has not arrived yet), not a voice
+            if linear_db > mic_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
                 self.near_end.reset()
                 near = False
             else:
@@ -379,7 +373,7 @@ class EchoCancellation(_ReferenceStage):
                 if mic_db > DOUBLE_TALK_FLOOR_DBFS and echo_alone:
                     self.linear.adapt(residual)  # echo alone: learn the echo path, never the user's voice
                     self.near_end.learn(linear_db - max(self._far_db))
-                if self.mute_echo and self.near_end.threshold_db is not None:
+                if self.near_end.threshold_db is not None:
                     out[piece] = muted(self._step, self._rng)  # converged, not near-end: what AEC3 let through is echo
                 continue
             out[piece] = np.clip(np.round(residual), -32768, 32767).astype(np.int16)

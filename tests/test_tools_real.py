@@ -258,7 +258,8 @@ async def test_speaking_during_a_slow_tool_call_cancels_it_and_the_new_turn_is_a
         await pipeline.run()
 
     assert outcome == ["stopped"]  # the pending call was cancelled, not left running
-    first_done, second_done = [e for e in events if isinstance(e, ToolCallDone)]
+    dones = [e for e in events if isinstance(e, ToolCallDone)]
+    first_done = dones[0]
     assert first_done.result.status is ToolStatus.CANCELLED
     # cancelled as an interruption, or, if the barge-in policy took the speech for a false
     # interruption before Whisper had its words (a loaded CPU), superseded by its final transcript
@@ -267,5 +268,9 @@ async def test_speaking_during_a_slow_tool_call_cancels_it_and_the_new_turn_is_a
     assert first_done.response.text == ""
     (answered,) = [e.response for e in events if isinstance(e, ResponseDone)]
     assert "berlin" in normalize_text(answered.user_text)
-    assert second_done.response is answered and second_done.result.status is ToolStatus.OK
+    # the second utterance may split into two VAD turns (a pause after "never mind"): a call made for
+    # the first part is superseded; exactly one call belongs to the answer, and it succeeded
+    (second_done,) = [d for d in dones[1:] if d.response is answered]
+    assert second_done.result.status is ToolStatus.OK
+    assert all(d.response.status is ResponseStatus.CANCELLED for d in dones[1:] if d is not second_done)
     assert answered.text.strip() and len(output.audio(answered.id)) == answered.played_samples > 0

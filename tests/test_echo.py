@@ -132,8 +132,9 @@ async def test_a_paced_output_records_what_played_and_forgets_what_a_flush_dropp
     await output.write(np.full(1600, 200, dtype=np.int16))
     output.flush()  # within the first block: the second never plays
     at = loopback.index(started)
-    heard = loopback.read(at, 3200)
-    assert heard[0] == 100 and not np.any(heard[1600:] == 200)
+    # a loaded CI machine can stamp the first block a few ms off `started`: look around it
+    heard = loopback.read(max(0, at - 800), 4000)
+    assert np.any(heard == 100) and not np.any(heard == 200)
 
 
 def test_without_the_package_the_fallback_runs_with_one_clear_message(monkeypatch, caplog):

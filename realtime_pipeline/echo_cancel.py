@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
-from .double_talk import LinearEchoFilter, NearEndDetector
+from .double_talk import LinearEchoFilter, NearEndDetector, band_level_db
 from .frames import AudioFrame
 from .io.loopback import LoopbackReader
 from .io.outputs import AudioOutput
@@ -324,6 +324,7 @@ class EchoCancellation(_ReferenceStage):
         self.hangover_frames = hangover_ms // FRAME_MS
         self._hangover = 0
         self._far_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
+        self._far_band_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
         self.double_talk_frames = 0
         self._rng = np.random.default_rng(0)
 
@@ -352,18 +353,22 @@ class EchoCancellation(_ReferenceStage):
             piece = slice(offset, offset + self._step)
             residual = self.linear.cancel(capture[piece], reference[piece])
             self._far_db.append(level_db(reference[piece]))
+            self._far_band_db.append(band_level_db(reference[piece]))
             if max(self._far_db) < GATE_AUDIBLE_DBFS:  # nothing plays: AEC3's output is the microphone
                 self._hangover = 0
                 self.near_end.reset()
                 continue
-            mic_db, linear_db = level_db(capture[piece]), level_db(residual)
+            mic_db = level_db(capture[piece])
+            # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ)
+            mic_band_db, linear_band_db = band_level_db(capture[piece]), band_level_db(residual)
+            relative_db = linear_band_db - max(self._far_band_db)
             # a residual louder than the microphone is the filter's own error (the echo of a
             # reply's first word has not arrived yet), not a voice
-            if linear_db > mic_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
+            if linear_band_db > mic_band_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
                 self.near_end.reset()
                 near = False
             else:
-                near = self.near_end.is_near_end(linear_db - max(self._far_db))
+                near = self.near_end.is_near_end(relative_db)
             if near:
                 self._hangover = self.hangover_frames
             elif self._hangover:
@@ -372,7 +377,7 @@ class EchoCancellation(_ReferenceStage):
                 echo_alone = not self.near_end.above and level_db(cancelled[piece]) < mic_db - ECHO_ALONE_REMOVED_DB
                 if mic_db > DOUBLE_TALK_FLOOR_DBFS and echo_alone:
                     self.linear.adapt(residual)  # echo alone: learn the echo path, never the user's voice
-                    self.near_end.learn(linear_db - max(self._far_db))
+                    self.near_end.learn(relative_db)
                 if self.near_end.threshold_db is not None:
                     out[piece] = muted(self._step, self._rng)  # converged, not near-end: what AEC3 let through is echo
                 continue

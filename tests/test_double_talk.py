@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector
+from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector, band_level_db
 from realtime_pipeline.io.echo_room import synthetic_impulse_response
 
 RATE = 16000
@@ -87,3 +87,13 @@ def test_near_end_needs_three_of_four_frames_above_the_threshold():
     assert not detector.is_near_end(loud) and not detector.is_near_end(loud) and detector.is_near_end(loud)
     with pytest.raises(ValueError, match="confirm_frames"):
         NearEndDetector(confirm_frames=5, within_frames=4)
+
+
+def test_the_band_level_counts_only_the_speech_band():
+    t_s = np.arange(BLOCK) / RATE
+    tone_db = 20 * np.log10(3000 / np.sqrt(2) / 32768)
+    assert band_level_db(3000 * np.sin(2 * np.pi * 1000 * t_s)) == pytest.approx(tone_db, abs=0.5)
+    # a reply's hum and hiss, where the filter learns little, count far less (10 ms frames resolve
+    # 100 Hz: half a cycle of 50 Hz still leaks in, 18 dB down)
+    assert band_level_db(3000 * np.sin(2 * np.pi * 50 * t_s)) < tone_db - 15
+    assert band_level_db(3000 * np.sin(2 * np.pi * 7000 * t_s)) < tone_db - 30

@@ -14,6 +14,7 @@ from realtime_pipeline import (
     CancelToken,
     Conversation,
     LlamaLLM,
+    MemorySource,
     ModelNotFoundError,
     Pipeline,
     PiperTTS,
@@ -27,6 +28,7 @@ from realtime_pipeline import (
     Tracer,
     TranscriptFinal,
     TranscriptPartial,
+    VADSettings,
     WavFileSource,
     WebRTCVAD,
     WhisperASR,
@@ -204,3 +206,23 @@ def test_the_first_chunk_of_a_real_piper_reply_starts_with_its_sound(tts):
     first_sound = int(np.flatnonzero(np.abs(trimmed.astype(np.float32)) > LEADING_SILENCE_THRESHOLD * 32768)[0])
     assert first_sound <= 5 * rate // 1000
     assert len(audio) - len(trimmed) > 10 * rate // 1000  # the voice's lead-in was there and is gone
+
+
+@pytest.mark.anyio
+async def test_the_vad_never_calls_frames_under_its_level_floor_voiced():
+    # webrtcvad ignores the level (it called the echo canceller's -90 dBFS muted frames voiced
+    # in an echo-room run); min_level_dbfs is what keeps such frames from starting a turn
+    samples, rate = read_wav(SPEECH_DIR / "ps_goforward.wav")
+    quiet = samples.astype(np.float64) * 10 ** (-65 / 20) * 32768 / np.sqrt(np.mean(samples.astype(np.float64) ** 2))
+    quiet = np.round(quiet).astype(np.int16)  # the whole recording at -65 dBFS RMS
+
+    async def starts(settings: VADSettings) -> int:
+        events = Events()
+        source = MemorySource([quiet], rate, realtime=False, wait_for_reply=False, lead_silence_ms=0)
+        await Pipeline([source, WebRTCVAD(settings), events]).run()
+        return sum(isinstance(f, SpeechStarted) for f in events.frames)
+
+    assert await starts(VADSettings()) == 1  # -65 dBFS is above the default floor: still speech
+    assert await starts(VADSettings(min_level_dbfs=-45.0)) == 0  # every frame is under -45 dBFS
+    with pytest.raises(ValueError, match="min_level_dbfs"):
+        VADSettings(min_level_dbfs=3.0)

@@ -26,6 +26,8 @@ from ..tracing import TURN_COMMITTED, USER_SPEECH_END, VAD_SPEECH_STOPPED
 from ..turn_taking import Decision, EndOfTurn, TurnScore, TurnTakingSettings
 
 VAD_RATES_HZ = (8000, 16000, 32000, 48000)
+#: :meth:`SpeechLevel.level_db` of a full-scale int16 square wave: dBFS = level_db - this.
+FULL_SCALE_DB = 20.0 * float(np.log10(32768.0))
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class VADSettings:
     voiced/unvoiced decision per frame, tuned by ``aggressiveness`` 0–3).
     ``pause_ms`` is when the turn *might* be over: the ASR starts the final
     transcription and the end-of-turn models score the pause then.
+    ``min_level_dbfs``: quieter 20 ms frames are never voiced. webrtcvad ignores the level:
+    after digital silence it called the echo canceller's -90 dBFS muted frames voiced, four
+    in a row three times in a 30-turn echo-room recording (each one a false start over a
+    playing reply). Speech at -70 dBFS is 40 dB under a normal microphone level.
     ``turn_taking`` decides when a pause ends the turn (the semantic detector by
     default); ``silence_duration_ms``, if given, selects the fixed silence
     instead (``TurnTakingSettings.fixed_silence``), as the Realtime API's
@@ -50,6 +56,7 @@ class VADSettings:
     min_speech_ms: int = 100
     pause_ms: int = 100
     frame_ms: int = 20
+    min_level_dbfs: float = -70.0
     turn_taking: TurnTakingSettings = field(default_factory=TurnTakingSettings)
 
     def __post_init__(self) -> None:
@@ -59,6 +66,8 @@ class VADSettings:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.frame_ms not in (10, 20, 30):
             raise ValueError(f"frame_ms must be 10, 20 or 30 (webrtcvad), got {self.frame_ms}")
+        if not -120.0 <= self.min_level_dbfs <= 0.0:
+            raise ValueError(f"min_level_dbfs must be between -120 and 0, got {self.min_level_dbfs}")
         for name in ("prefix_padding_ms", "min_speech_ms", "pause_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
@@ -175,8 +184,8 @@ class WebRTCVAD(Stage):
                     start_ms = pending_start * 1000 // rate
                     end_ms = start_ms + s.frame_ms
                     pending_start += step
-                    voiced = self.is_voiced(chunk, rate)
                     level_db = level.level_db(chunk)
+                    voiced = level_db - FULL_SCALE_DB >= s.min_level_dbfs and self.is_voiced(chunk, rate)
                     recent.append((voiced, start_ms))
                     if not in_speech:
                         level.background(level_db)

@@ -356,6 +356,8 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
         server.should_exit = True
         thread.join(timeout=30)
     result = analyse(mic, page, probe, epoch_offset_s)
+    arrivals = [len(samples) for received in probe.inputs.values() for _, samples in received]
+    result["mic_packet_ms"] = 1000.0 * statistics.median(arrivals) / INPUT_SAMPLE_RATE_HZ if arrivals else None
     result.update(load_before=load_before, load_after=os.getloadavg(), clock_drift_ms=drift_ms, stats=page["stats"],
                   audio_rate_hz=page["audio_rate_hz"], user=page["user"], assistant=page["assistant"],
                   output_lead_ms=output_lead_ms, clips=list(clips), aiortc_jitter_buffer=aiortc_jitter_buffer)
@@ -389,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stats = result["stats"]
     print(f"browser: jitter buffer {stats.get('jitterBufferMs')} ms (target {stats.get('jitterBufferTargetMs')}), playout delay {stats.get('playoutDelayMs')} ms, "
           f"AudioContext latency {stats.get('audioContextLatencyMs')} ms, RTT {stats.get('rttMs')} ms, lost {stats.get('packetsLost')}")
-    print(f"microphone packets dropped as late by the server: {result['mic_packets_dropped_late']}; "
+    print(f"microphone packets: {result['mic_packet_ms']} ms of audio each (median), {result['mic_packets_dropped_late']} dropped as late by the server; "
           f"lag of each clip in the received stream (samples): {[row['clip_lag_samples'] for row in rows]}")
     print(f"server: reply frames handed to aiortc behind the 20 ms schedule (ms) {json.dumps({k: round(v, 1) for k, v in result['frame_lateness_ms'].items()})}"
           f" over {result['frames_sent']} frames, {len(result['stalls'])} frames more than 40 ms later than the one before;"

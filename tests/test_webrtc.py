@@ -141,6 +141,8 @@ async def test_sdk_call_spoken_turn_barge_in_and_hang_up(server, engines):
     answer = raw.http_response.text
     assert "a=candidate:" in answer and " 127.0.0.1 " in answer  # the bound address, nothing else
     assert all(" 127.0.0.1 " in line for line in answer.splitlines() if line.startswith("a=candidate:"))
+    audio_section = answer.split("m=audio", 1)[1].split("\r\nm=", 1)[0]
+    assert "a=ptime:10" in audio_section.split("\r\n")  # the microphone's packet time (Chromium applies it)
     await peer.accept(answer)
     _, created = await peer.until("session.created", 30)
     assert created["session"]["model"] == "gpt-realtime"
@@ -326,6 +328,16 @@ async def test_calls_take_a_session_slot(engines):
         await client.close()
 
 
+def test_the_answer_asks_for_the_microphone_packet_time_in_its_audio_sections_only():
+    from realtime_pipeline.server.rtc_call import with_audio_ptime
+
+    offer = ("v=0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:111 opus/48000/2\r\n"
+             "a=ptime:20\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\nc=IN IP4 0.0.0.0\r\n")
+    audio, application = with_audio_ptime(offer, 10).split("m=application")
+    assert audio.endswith("a=rtpmap:111 opus/48000/2\r\na=ptime:10\r\n") and "ptime:20" not in audio  # after c=, replaced
+    assert "ptime" not in application and with_audio_ptime(offer, 10).endswith("\r\n")
+
+
 def test_microphone_packets_are_decoded_on_arrival():
     """Each packet is a whole Opus frame: handed on at once, in order; one older than the last handed on is dropped."""
     buffer = MicrophoneJitterBuffer()
@@ -344,3 +356,38 @@ def test_microphone_packets_are_decoded_on_arrival():
     assert add(1) is None  # a repeat
     assert add(2) == bytes([2])
     assert buffer.dropped_late == 2
+
+
+async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay():
+    """The track sends 48 kHz itself: aiortc's encoder resampled 24 kHz into whole frames a frame late (20 ms)."""
+    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    from realtime_pipeline.server.rtc_call import FRAME_MS, ReplyTrack
+
+    events: list[tuple[str, str]] = []
+    track = ReplyTrack(lambda kind, response_id: events.append((kind, response_id)), input_rate_hz=24_000)
+    lead_ms, tone_ms = 40, 100
+    t = np.arange(24 * tone_ms) / 24_000
+    reply = np.concatenate([np.zeros(24 * lead_ms), 10_000 * np.sin(2 * np.pi * 1000 * t)]).astype(np.int16)
+    track.push("resp_1", reply[:1000])  # the player writes in blocks: one resampling stream across them
+    track.push("resp_1", reply[1000:])
+    track.finish("resp_1")
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    onset_ms = end_ms = None
+    for sent in range(12):  # frame n leaves at n * 20 ms; a sample plays at its packet's send time + its place in it
+        frame = await track.recv()
+        assert frame.sample_rate == 48_000 and frame.samples == 960
+        payloads, timestamp = encoder.encode(frame)
+        for payload in payloads:
+            for out in decoder.decode(JitterFrame(data=payload, timestamp=timestamp)):
+                loud = np.flatnonzero(np.abs(out.to_ndarray().reshape(-1, 2)[:, 0]) > 2_000)
+                if len(loud):
+                    onset_ms = onset_ms if onset_ms is not None else sent * FRAME_MS + loud[0] / 48
+                    end_ms = sent * FRAME_MS + loud[-1] / 48
+    assert onset_ms is not None and end_ms is not None
+    delay_ms = onset_ms - lead_ms
+    assert 0 <= delay_ms < 10, f"the reply's first sound left {delay_ms:.1f} ms late (Opus's look-ahead is 6.5 ms)"
+    assert abs(end_ms - onset_ms - tone_ms) < 3, "the whole reply is sent, its tail flushed by finish()"
+    assert events == [("started", "resp_1"), ("stopped", "resp_1")]
+    track.stop()

@@ -7,7 +7,7 @@ transport differs (see docs/webrtc.md):
   same way (``send_json`` / ``receive_text`` of :meth:`RealtimeSession.serve`);
 - the microphone track is the input audio (Opus 48 kHz, resampled by PyAV to
   the pipeline's 16 kHz), fed in as ``input_audio_buffer.append`` would;
-- the reply goes out on :class:`ReplyTrack` in 20 ms frames instead of audio
+- the reply goes out on :class:`ReplyTrack` in 20 ms frames at 48 kHz instead of audio
   delta events; the track announces ``output_audio_buffer.started`` /
   ``stopped`` / ``cleared`` and is emptied at once on barge-in.
 
@@ -32,6 +32,7 @@ import aioice.ice
 import anyio
 import av
 import numpy as np
+import soxr
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -53,6 +54,14 @@ log = logging.getLogger(__name__)
 EVENTS_CHANNEL = "oai-events"
 #: One output frame: Opus's usual packet time, and the most a barge-in lets through.
 FRAME_MS = 20
+#: What the reply track sends: Opus's own rate. aiortc's encoder resamples anything else into
+#: whole 960-sample frames, and that holds every sample back one frame: 24 kHz input reached the
+#: encoder 20 ms late (an impulse at a frame's start left at the end of the next one).
+TRACK_SAMPLE_RATE_HZ = 48_000
+#: The packet time asked of the caller's microphone (``a=ptime`` in the answer, which browsers apply
+#: to their Opus encoder, RFC 8829 5.9). The user's last word waits for its packet to fill: 5 ms on
+#: average at 10 ms instead of 10 ms at Opus's usual 20 ms; the server's VAD reads 10 ms frames anyway.
+MICROPHONE_PTIME_MS = 10
 #: The extension event with a turn's latency (only on calls that ask for it, see docs/webrtc.md).
 LATENCY_EVENT = "realtime_pipeline.turn_latency"
 
@@ -128,20 +137,27 @@ class ReplyTrack(MediaStreamTrack):
     """The reply audio, sent in real time in ``FRAME_MS`` frames (silence when there is none).
 
     The session's player writes played blocks with :meth:`push` (at most its
-    lead ahead of real time); :meth:`clear` drops everything not yet sent, so
-    the next frame is silent. ``on_event(kind, response_id)`` gets ``started``
-    (first frame of a response sent), ``stopped`` (its last frame sent, once
-    :meth:`finish` said no more is coming) and ``cleared``.
+    lead ahead of real time, at ``input_rate_hz``); the track resamples each
+    response as one stream to ``TRACK_SAMPLE_RATE_HZ``, so aiortc's encoder
+    takes the frames as they are. :meth:`clear` drops everything not yet sent,
+    so the next frame is silent. ``on_event(kind, response_id)`` gets
+    ``started`` (first frame of a response sent), ``stopped`` (its last frame
+    sent, once :meth:`finish` said no more is coming) and ``cleared``.
     """
 
     kind = "audio"
 
-    def __init__(self, on_event: Callable[[str, str], None], sample_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ) -> None:
+    def __init__(self, on_event: Callable[[str, str], None], input_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ) -> None:
         super().__init__()
-        self.sample_rate_hz = sample_rate_hz
-        self.frame_samples = sample_rate_hz * FRAME_MS // 1000
+        self.input_rate_hz = input_rate_hz
+        self.sample_rate_hz = TRACK_SAMPLE_RATE_HZ
+        self.frame_samples = self.sample_rate_hz * FRAME_MS // 1000
         self.on_event = on_event
         self._queue: deque[tuple[str, np.ndarray]] = deque()
+        # One stream per response: its filter state runs across the player's blocks (no clicks at
+        # block edges); the few ms it holds back are flushed by finish(). While the player writes
+        # ahead, the held-back samples are later ones, never the frame being sent.
+        self._resamplers: dict[str, soxr.ResampleStream] = {}
         self._playing: str | None = None
         self._finished: set[str] = set()
         self._start_s: float | None = None
@@ -149,14 +165,30 @@ class ReplyTrack(MediaStreamTrack):
         self.first_sent_s: dict[str, float] = {}
         self.first_pushed_s: dict[str, float] = {}
 
+    def _resampled(self, response_id: str, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self.input_rate_hz == self.sample_rate_hz:
+            return samples
+        stream = self._resamplers.get(response_id)
+        if stream is None:
+            stream = self._resamplers[response_id] = soxr.ResampleStream(
+                self.input_rate_hz, self.sample_rate_hz, 1, dtype="int16", quality="HQ")
+        return stream.resample_chunk(samples, last=last)
+
     def push(self, response_id: str, samples: np.ndarray) -> None:
         if len(samples):
             self.first_pushed_s.setdefault(response_id, time.monotonic())
-            self._queue.append((response_id, np.asarray(samples, dtype=np.int16)))
+            out = self._resampled(response_id, np.asarray(samples, dtype=np.int16))
+            if len(out):
+                self._queue.append((response_id, out))
 
     def finish(self, response_id: str) -> None:
         """No more audio will come for ``response_id``: ``stopped`` once its last frame is sent."""
         self._finished.add(response_id)
+        if response_id in self._resamplers:
+            tail = self._resampled(response_id, np.zeros(0, dtype=np.int16), last=True)
+            del self._resamplers[response_id]
+            if len(tail):
+                self._queue.append((response_id, tail))
         if self._playing == response_id and not self._queue:
             self._stop()
 
@@ -164,6 +196,7 @@ class ReplyTrack(MediaStreamTrack):
         """Drop every queued sample now; returns the response that was cut off (None: nothing was)."""
         cut = self._playing or (self._queue[0][0] if self._queue else None)
         self._queue.clear()
+        self._resamplers.clear()  # a resumed response pushes anew from where it was heard
         self.first_pushed_s.clear()  # what was pushed is gone: a resumed response pushes anew
         self._playing = None
         if cut is not None:
@@ -309,6 +342,23 @@ class WebRTCSession(RealtimeSession):
         self.emit(LATENCY_EVENT, response_id=response_id, latency_ms=latency)
 
 
+def with_audio_ptime(sdp: str, ptime_ms: int) -> str:
+    """``sdp`` with ``a=ptime:{ptime_ms}`` closing each audio section (attributes follow its c= line)."""
+    lines = sdp.split("\r\n")
+    out: list[str] = []
+    in_audio = False
+    for line in lines:
+        if line.startswith("m=") or (line == "" and in_audio):
+            if in_audio:
+                out.append(f"a=ptime:{ptime_ms}")
+            in_audio = line.startswith("m=audio")
+        if not line.startswith("a=ptime:") or not in_audio:
+            out.append(line)
+    if in_audio:
+        out.append(f"a=ptime:{ptime_ms}")
+    return "\r\n".join(out)
+
+
 def invalid_offer(error: Exception) -> ProtocolError:
     return ProtocolError(f"the SDP offer could not be used: {type(error).__name__}: {error}", code="invalid_offer", param="sdp")
 
@@ -352,7 +402,7 @@ class Call:
                 await self.pc.setLocalDescription(await self.pc.createAnswer())
             except Exception as error:
                 raise invalid_offer(error) from None
-        return self.pc.localDescription.sdp
+        return with_audio_ptime(self.pc.localDescription.sdp, MICROPHONE_PTIME_MS)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"webrtc-call-{self.id}")

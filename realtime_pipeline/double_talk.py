@@ -35,7 +35,6 @@ structure of speexdsp's MDF and AEC3's own linear stage), in numpy.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -132,26 +131,6 @@ def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND
     # Parseval, with the window's power: a full-band signal's band level matches its share of the power
     power = 2.0 * float(np.sum(spectrum[low:high])) / (len(samples) * float(np.sum(window**2)))
     return float(10.0 * np.log10(power / 32768.0**2 + 1e-12))
-
-
-#: How the far end's level is held as the echo's: flat for the longest echo delay the room may
-#: have (200 ms, the echo room's range) and a frame more, then falling 1 dB per 10 ms, the tail
-#: of a room with RT60 600 ms (60 dB in 600 ms). A flat 400 ms hold kept a user who spoke as
-#: the reply paused muted after the echo had died away. Offline, 9 recorded runs (6 barge-in,
-#: 3 of 30 turns, the hard-stop one among them): VAD onset p95 1240 → 860 ms, p50 170 ms either
-#: way, 0 false starts either way; held 200 ms it made one false start on the hard-stop run.
-FAR_END_HOLD_MS = 250
-FAR_END_DECAY_DB_PER_10MS = 1.0
-
-
-def held_level_db(levels_db: Sequence[float], *, frame_ms: int = 10, hold_ms: int = FAR_END_HOLD_MS,
-                  decay_db_per_10ms: float = FAR_END_DECAY_DB_PER_10MS) -> float:
-    """The echo's level bound from the far end's recent frame levels (oldest first): each frame's
-    level held ``hold_ms``, then falling ``decay_db_per_10ms``; the loudest of them now."""
-    levels = np.asarray(levels_db, dtype=np.float64)
-    age_ms = frame_ms * np.arange(len(levels) - 1, -1, -1)
-    decay_db = np.maximum(0.0, age_ms - hold_ms) * (decay_db_per_10ms / 10.0)
-    return float(np.max(levels - decay_db))
 
 
 #: Defaults of :class:`NearEndDetector`, measured offline in the echo room (the 30 bundled

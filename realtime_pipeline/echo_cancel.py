@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
-from .double_talk import LinearEchoFilter, NearEndDetector, band_level_db, held_level_db
+from .double_talk import LinearEchoFilter, NearEndDetector, band_level_db
 from .frames import AudioFrame
 from .io.loopback import LoopbackReader
 from .io.outputs import AudioOutput
@@ -361,7 +361,7 @@ class EchoCancellation(_ReferenceStage):
             mic_db = level_db(capture[piece])
             # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ)
             mic_band_db, linear_band_db = band_level_db(capture[piece]), band_level_db(residual)
-            relative_db = linear_band_db - held_level_db(self._far_band_db)  # the echo's level, fading with the room
+            relative_db = linear_band_db - max(self._far_band_db)
             # a residual louder than the microphone is the filter's own error (the echo of a
             # reply's first word has not arrived yet), not a voice
             if linear_band_db > mic_band_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:

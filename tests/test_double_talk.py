@@ -97,16 +97,3 @@ def test_the_band_level_counts_only_the_speech_band():
     # 100 Hz: half a cycle of 50 Hz still leaks in, 18 dB down)
     assert band_level_db(3000 * np.sin(2 * np.pi * 50 * t_s)) < tone_db - 15
     assert band_level_db(3000 * np.sin(2 * np.pi * 7000 * t_s)) < tone_db - 30
-
-
-def test_the_far_end_is_held_for_the_echo_delay_then_fades_with_the_room():
-    """A frame's level counts in full for 250 ms (the longest echo delay), then 1 dB less per 10 ms."""
-    from realtime_pipeline.double_talk import held_level_db
-
-    quiet = [-90.0] * 40
-    for age_ms, expected_db in ((0, -20.0), (250, -20.0), (300, -25.0), (390, -34.0)):
-        levels = list(quiet)
-        levels[len(levels) - 1 - age_ms // 10] = -20.0
-        assert held_level_db(levels) == pytest.approx(expected_db), age_ms
-    assert held_level_db(quiet) == pytest.approx(-90.0)
-    assert held_level_db([-30.0, -90.0, -40.0]) == pytest.approx(-30.0)  # the loudest, while all are held

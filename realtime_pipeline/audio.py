@@ -54,6 +54,36 @@ def resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
     return soxr.resample(samples, from_hz, to_hz, quality="HQ")
 
 
+class StreamResampler:
+    """int16 mono from ``from_hz`` to ``to_hz`` across chunks (soxr's stream: its filter runs over
+    the chunk edges, no clicks); it holds a few ms back until :meth:`flush`. Equal rates pass
+    through."""
+
+    def __init__(self, from_hz: int, to_hz: int) -> None:
+        self.from_hz, self.to_hz = from_hz, to_hz
+        self._stream = self._new_stream()
+
+    def _new_stream(self) -> soxr.ResampleStream | None:
+        if self.from_hz == self.to_hz:
+            return None
+        return soxr.ResampleStream(self.from_hz, self.to_hz, 1, dtype="int16", quality="HQ")
+
+    def __call__(self, samples: np.ndarray, *, last: bool = False) -> np.ndarray:
+        """``samples`` resampled; ``last`` also gives what the stream held back and starts afresh
+        (the next chunk is a new signal)."""
+        samples = np.asarray(samples, dtype=np.int16)
+        if self._stream is None:
+            return samples
+        out = self._stream.resample_chunk(samples, last=last)
+        if last:
+            self._stream = self._new_stream()  # the next chunk starts a new signal
+        return out
+
+    def flush(self) -> np.ndarray:
+        """What the stream still holds back; it then starts afresh."""
+        return self(np.zeros(0, dtype=np.int16), last=True)
+
+
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     """Read a mono 16-bit PCM WAV file as (int16 samples, sample rate), checking everything."""
     path = Path(path)

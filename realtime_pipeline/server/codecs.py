@@ -12,7 +12,8 @@ import binascii
 from dataclasses import dataclass
 
 import numpy as np
-import soxr
+
+from ..audio import StreamResampler
 
 #: Realtime API format names (beta) and their sample rates.
 FORMAT_RATES_HZ = {"pcm16": 24_000, "g711_ulaw": 8_000, "g711_alaw": 8_000}
@@ -83,7 +84,7 @@ class AudioDecoder:
 
     def __post_init__(self) -> None:
         self.rate_hz = FORMAT_RATES_HZ[self.format]
-        self._stream = soxr.ResampleStream(self.rate_hz, self.target_rate_hz, 1, dtype="int16", quality="HQ")
+        self._resampler = StreamResampler(self.rate_hz, self.target_rate_hz)
 
     def decode(self, data: str) -> tuple[np.ndarray, int]:
         """Base64 audio → (samples at the target rate, number of wire samples)."""
@@ -96,17 +97,11 @@ class AudioDecoder:
             wire = ulaw_decode(raw)
         else:
             wire = alaw_decode(raw)
-        if self.rate_hz == self.target_rate_hz:
-            return wire, len(wire)
-        return self._stream.resample_chunk(wire), len(wire)
+        return self._resampler(wire), len(wire)
 
     def flush(self) -> np.ndarray:
         """The samples the resampler still holds back (at a commit), then start a fresh stream."""
-        if self.rate_hz == self.target_rate_hz:
-            return np.zeros(0, dtype=np.int16)
-        tail = self._stream.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
-        self.__post_init__()
-        return tail
+        return self._resampler.flush()
 
 
 @dataclass
@@ -118,14 +113,11 @@ class AudioEncoder:
 
     def __post_init__(self) -> None:
         self.rate_hz = FORMAT_RATES_HZ[self.format]
-        self._stream = soxr.ResampleStream(self.source_rate_hz, self.rate_hz, 1, dtype="int16", quality="HQ")
+        self._resampler = StreamResampler(self.source_rate_hz, self.rate_hz)
 
     def encode(self, samples: np.ndarray, *, last: bool = False) -> str:
         """Base64 of ``samples`` in the wire format; ``last`` also flushes the resampler (end of a response)."""
-        if self.rate_hz != self.source_rate_hz:
-            samples = self._stream.resample_chunk(np.asarray(samples, dtype=np.int16), last=last)
-            if last:
-                self.__post_init__()
+        samples = self._resampler(samples, last=last)
         if self.format == "pcm16":
             raw = np.asarray(samples, dtype="<i2").tobytes()
         elif self.format == "g711_ulaw":

@@ -32,14 +32,13 @@ import aioice.ice
 import anyio
 import av
 import numpy as np
-import soxr
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_gt
 
-from ..audio import INPUT_SAMPLE_RATE_HZ
+from ..audio import INPUT_SAMPLE_RATE_HZ, StreamResampler
 from ..conversation import ResponseDone, ResponseInterrupted, ResponsePaused, ResponseStarted
 from ..frames import TranscriptFinal
 from ..tracing import ASR_FINAL, FIRST_SAMPLE_PLAYED, LLM_FIRST_TOKEN, TTS_FIRST_AUDIO, TURN_COMMITTED, USER_SPEECH_END
@@ -157,7 +156,7 @@ class ReplyTrack(MediaStreamTrack):
         # One stream per response: its filter state runs across the player's blocks (no clicks at
         # block edges); the few ms it holds back are flushed by finish(). While the player writes
         # ahead, the held-back samples are later ones, never the frame being sent.
-        self._resamplers: dict[str, soxr.ResampleStream] = {}
+        self._resamplers: dict[str, StreamResampler] = {}
         self._playing: str | None = None
         self._finished: set[str] = set()
         self._start_s: float | None = None
@@ -165,28 +164,22 @@ class ReplyTrack(MediaStreamTrack):
         self.first_sent_s: dict[str, float] = {}
         self.first_pushed_s: dict[str, float] = {}
 
-    def _resampled(self, response_id: str, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        if self.input_rate_hz == self.sample_rate_hz:
-            return samples
-        stream = self._resamplers.get(response_id)
-        if stream is None:
-            stream = self._resamplers[response_id] = soxr.ResampleStream(
-                self.input_rate_hz, self.sample_rate_hz, 1, dtype="int16", quality="HQ")
-        return stream.resample_chunk(samples, last=last)
-
     def push(self, response_id: str, samples: np.ndarray) -> None:
         if len(samples):
             self.first_pushed_s.setdefault(response_id, time.monotonic())
-            out = self._resampled(response_id, np.asarray(samples, dtype=np.int16))
+            resampler = self._resamplers.get(response_id)
+            if resampler is None:
+                resampler = self._resamplers[response_id] = StreamResampler(self.input_rate_hz, self.sample_rate_hz)
+            out = resampler(samples)
             if len(out):
                 self._queue.append((response_id, out))
 
     def finish(self, response_id: str) -> None:
         """No more audio will come for ``response_id``: ``stopped`` once its last frame is sent."""
         self._finished.add(response_id)
-        if response_id in self._resamplers:
-            tail = self._resampled(response_id, np.zeros(0, dtype=np.int16), last=True)
-            del self._resamplers[response_id]
+        resampler = self._resamplers.pop(response_id, None)
+        if resampler is not None:
+            tail = resampler.flush()
             if len(tail):
                 self._queue.append((response_id, tail))
         if self._playing == response_id and not self._queue:
@@ -343,20 +336,21 @@ class WebRTCSession(RealtimeSession):
 
 
 def with_audio_ptime(sdp: str, ptime_ms: int) -> str:
-    """``sdp`` with ``a=ptime:{ptime_ms}`` closing each audio section (attributes follow its c= line)."""
-    lines = sdp.split("\r\n")
+    """``sdp`` with ``a=ptime:{ptime_ms}`` as the last line of each audio section (after its c=
+    line, as SDP's order wants), replacing any ptime it had."""
     out: list[str] = []
     in_audio = False
-    for line in lines:
-        if line.startswith("m=") or (line == "" and in_audio):
+    for line in sdp.rstrip("\r\n").split("\r\n"):
+        if line.startswith("m="):
             if in_audio:
                 out.append(f"a=ptime:{ptime_ms}")
             in_audio = line.startswith("m=audio")
-        if not line.startswith("a=ptime:") or not in_audio:
-            out.append(line)
+        elif in_audio and line.startswith("a=ptime:"):
+            continue
+        out.append(line)
     if in_audio:
         out.append(f"a=ptime:{ptime_ms}")
-    return "\r\n".join(out)
+    return "\r\n".join(out) + "\r\n"
 
 
 def invalid_offer(error: Exception) -> ProtocolError:

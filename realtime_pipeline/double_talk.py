@@ -21,9 +21,10 @@ The filter must learn the room first: until it removes 12 dB of echo (a few
 seconds of reply audio, the first 3-4 interruptions of the barge-in benchmark)
 the stage is AEC3 and its suppressor alone, as before.
 
-Opt-in (``EchoCancellation(double_talk=True)``, ``--double-talk``): in 30-turn runs its
-residual paused a few replies on their own echo, fixed since by comparing in the speech band
-(:data:`SPEECH_BAND_HZ`) and the VAD's level floor; one clean 30-turn run so far (docs/echo.md).
+On by default (``EchoCancellation(double_talk=False)``, ``--no-double-talk``: AEC3 alone). In
+early 30-turn runs its residual paused a few replies on their own echo, fixed by comparing in the
+speech band (:data:`SPEECH_BAND_HZ`), the VAD's level floor and no hangover in a reply's onset
+(``echo_cancel.DOUBLE_TALK_ONSET_MS``); docs/echo.md has the runs since.
 
 No maintained package exposes a linear echo estimate: the AEC3 bindings
 (pywebrtc-audio, livekit) return only the suppressed signal, and the speexdsp

@@ -21,10 +21,11 @@ The filter must learn the room first: until it removes 12 dB of echo (a few
 seconds of reply audio, the first 3-4 interruptions of the barge-in benchmark)
 the stage is AEC3 and its suppressor alone, as before.
 
-On by default (``EchoCancellation(double_talk=False)``, ``--no-double-talk``: AEC3 alone). In
-early 30-turn runs its residual paused a few replies on their own echo, fixed by comparing in the
-speech band (:data:`SPEECH_BAND_HZ`), the VAD's level floor and no hangover in a reply's onset
-(``echo_cancel.DOUBLE_TALK_ONSET_MS``); docs/echo.md has the runs since.
+Opt-in (``EchoCancellation(double_talk=True)``, ``--double-talk``). In early 30-turn runs its
+residual paused a few replies on their own echo, fixed by comparing in the speech band
+(:data:`SPEECH_BAND_HZ`), the VAD's level floor and no hangover in a reply's onset
+(``echo_cancel.DOUBLE_TALK_ONSET_MS``): four clean 30-turn runs since, but barge-in runs still
+pause a reply on its echo now and then (3 of 18; docs/echo.md).
 
 No maintained package exposes a linear echo estimate: the AEC3 bindings
 (pywebrtc-audio, livekit) return only the suppressed signal, and the speexdsp

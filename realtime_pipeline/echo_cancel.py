@@ -318,20 +318,20 @@ class EchoCancellation(_ReferenceStage):
     A :class:`ResidualSuppressor` follows it (``residual_gate=False``: none): without it
     AEC3's quiet residual reached the VAD and paused the first reply of a 3-turn run.
 
-    Double talk (on by default; ``double_talk=False`` is AEC3 alone; :mod:`..double_talk`):
+    Double talk (``double_talk=True``, opt-in, :mod:`..double_talk`):
     AEC3 also removes a user quieter than the echo, so a linear echo canceller runs beside
     it; frames where the user's voice is in its residual go on as that residual (the user
     plus the little echo a linear filter leaves), ``hangover_ms`` after the last such frame
     too (none in a far-end onset's first :data:`DOUBLE_TALK_ONSET_MS`). Once that filter has
     converged, the other frames are muted: AEC3's output there is only its residual, and
     with it webrtcvad heard the user later (VAD onset p50 350 against 80 ms in a simulated
-    12-interruption session). Measured against AEC3 alone in the echo room (docs/echo.md):
-    barge-in p50 about 290 against 480 ms, WER over the echo 0.3 against 0.43, and no
-    self-interruption in 8 barge-in runs and 30-turn runs in two rooms.
+    12-interruption session). Against AEC3 alone in the echo room (docs/echo.md): barge-in
+    p50 about 290 against 460 ms, WER over the echo 0.3 against 0.4, but replies paused on
+    their own echo in 3 of 18 barge-in runs (0 with AEC3 alone), so it stays off by default.
     """
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
-                 double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS) -> None:
+                 double_talk: bool = False, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
         self.canceller = canceller
         self.linear = LinearEchoFilter() if double_talk else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import anyio
 import numpy as np
 import pytest
 import soxr
@@ -128,11 +129,14 @@ def test_the_loopback_reader_joins_resampled_blocks_exactly():
 async def test_a_paced_output_records_what_played_and_forgets_what_a_flush_dropped():
     output = MemoryOutput(RATE, paced=True, buffer_ms=200)
     loopback = output.loopback()
-    started = await output.write(np.full(1600, 100, dtype=np.int16))
+    started = await output.write(np.full(8000, 100, dtype=np.int16))  # 500 ms
     await output.write(np.full(1600, 200, dtype=np.int16))
-    output.flush()  # within the first block: the second never plays
+    # a flush in the very sample the first block starts drops it too (nothing of it has played):
+    # on a fast machine the two writes and the flush took under one sample (62 us), and heard was
+    # all zeros. 20 ms in, the flush is within the first block and the second never plays.
+    await anyio.sleep(0.02)
+    output.flush()
     at = loopback.index(started)
-    # a loaded CI machine can stamp the first block a few ms off `started`: look around it
     heard = loopback.read(max(0, at - 800), 4000)
     assert np.any(heard == 100) and not np.any(heard == 200)
 

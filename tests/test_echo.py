@@ -127,13 +127,13 @@ def test_the_loopback_reader_joins_resampled_blocks_exactly():
 
 @pytest.mark.anyio
 async def test_a_paced_output_records_what_played_and_forgets_what_a_flush_dropped():
-    output = MemoryOutput(RATE, paced=True, buffer_ms=200)
+    output = MemoryOutput(RATE, paced=True, buffer_ms=1000)  # neither write waits
     loopback = output.loopback()
     started = await output.write(np.full(8000, 100, dtype=np.int16))  # 500 ms
     await output.write(np.full(1600, 200, dtype=np.int16))
     # a flush in the very sample the first block starts drops it too (nothing of it has played):
     # on a fast machine the two writes and the flush took under one sample (62 us), and heard was
-    # all zeros. 20 ms in, the flush is within the first block and the second never plays.
+    # all zeros. 20 ms in, the flush is well within the first block and the second never plays.
     await anyio.sleep(0.02)
     output.flush()
     at = loopback.index(started)

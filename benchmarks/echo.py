@@ -3,9 +3,9 @@
 ``python -m benchmarks.latency --echo-delay-ms 100 --echo-gain-db 0`` (and
 ``benchmarks.barge_in`` with the same options) put an
 :class:`~realtime_pipeline.io.echo_room.EchoRoom` between the virtual speaker
-and the source, and the pipeline's echo stage after it: AEC3 (``aec``; with the double-talk
-path: ``double-talk``), the
-fallback gate (``gate``, ``--no-aec``) or nothing (``off``). ``--echo-compare``
+and the source, and the pipeline's echo stage after it: AEC3 with the double-talk path
+(``double-talk``, the default), AEC3 alone (``aec``), the fallback gate (``gate``, ``--no-aec``)
+or nothing (``off``). ``--echo-compare``
 runs the same turns once per mode. ``summary.echo`` then has, per mode:
 
 * ``self_interruptions``: replies paused or cancelled by a turn in which the user
@@ -61,8 +61,8 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--echo-seed", type=int, default=0, help="echo room: seed of its impulse response")
     parser.add_argument("--no-aec", action="store_true", help="echo room: the fallback echo gate instead of AEC3")
     parser.add_argument("--echo-mode", choices=MODES, default=None,
-                        help="echo room: aec (AEC3), double-talk (AEC3 and the double-talk path), gate (the fallback, "
-                        "= --no-aec) or off (nothing: the raw echo)")
+                        help="echo room: double-talk (AEC3 and the double-talk path, the default), aec (AEC3 alone), "
+                        "gate (the fallback, = --no-aec) or off (nothing: the raw echo)")
     parser.add_argument("--echo-compare", action="store_true",
                         help="echo room: run the same turns with aec, gate and off; summary.echo has each")
 
@@ -77,7 +77,7 @@ def configs(args: Any) -> list[EchoConfig]:
                             seed=args.echo_seed)
     if args.echo_compare:
         return [EchoConfig(room, mode) for mode in MODES]
-    return [EchoConfig(room, args.echo_mode or ("gate" if args.no_aec else "aec"))]
+    return [EchoConfig(room, args.echo_mode or ("gate" if args.no_aec else "double-talk"))]
 
 
 def in_room(source: Stage, output: AudioOutput, config: EchoConfig | None) -> tuple[Stage, EchoRoom | None]:

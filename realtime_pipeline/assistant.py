@@ -48,9 +48,9 @@ def voice_pipeline(
     ``VADSettings(silence_duration_ms=500)`` selects a fixed silence instead.
 
     A source that hears the output (``source.hears_output``: the microphone, the echo
-    room) gets an echo stage after it (:mod:`.echo_cancel`): ``echo="auto"`` runs AEC3
-    when its package is installed, else the echo gate fallback; ``"aec"`` requires AEC3,
-    ``"double-talk"`` is AEC3 with the double-talk path (opt-in, see docs/echo.md),
+    room) gets an echo stage after it (:mod:`.echo_cancel`): ``echo="auto"`` runs AEC3 with
+    the double-talk path when its package is installed, else the echo gate fallback;
+    ``"double-talk"`` requires AEC3, ``"aec"`` is AEC3 alone (slower barge-in: docs/echo.md),
     ``"gate"`` is the fallback, ``"off"`` nothing.
     """
     if echo not in ECHO_MODES:
@@ -59,8 +59,8 @@ def voice_pipeline(
     sources = vad_stage.settings.turn_taking.sources
     stages: list[Stage] = [source]
     if getattr(source, "hears_output", False) and echo != "off":
-        stages.append(EchoCancellation(output) if echo == "aec"
-                      else EchoCancellation(output, double_talk=True) if echo == "double-talk"
+        stages.append(EchoCancellation(output, double_talk=False) if echo == "aec"
+                      else EchoCancellation(output) if echo == "double-talk"
                       else EchoGate(output) if echo == "gate" else echo_stage(output))
     stages.append(vad_stage)
     if AUDIO_MODEL in sources:

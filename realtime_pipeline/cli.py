@@ -56,9 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-aec", action="store_true",
                         help="no acoustic echo cancellation on the microphone; the echo gate fallback keeps the assistant "
                         "from interrupting itself (barge-in then needs speech louder than its voice; see docs/echo.md)")
-    parser.add_argument("--double-talk", action="store_true",
-                        help="AEC3 plus a linear echo canceller that hears a user talking over the reply (faster barge-in; "
-                        "may pause a reply on its own echo: see docs/echo.md)")
+    parser.add_argument("--no-double-talk", action="store_true",
+                        help="AEC3 alone, without the linear echo canceller that hears a user talking over the reply "
+                        "(barge-in over the reply is then slower: see docs/echo.md)")
+    parser.add_argument("--double-talk", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -96,7 +97,7 @@ def build(args: argparse.Namespace) -> Pipeline:
         llm=build_llm(args),
         tts=build_tts(args, output.sample_rate_hz),
         conversation=conversation,
-        echo="gate" if args.no_aec else "double-talk" if args.double_talk else "auto",
+        echo="gate" if args.no_aec else "aec" if args.no_double_talk else "auto",
     )
 
 

@@ -21,11 +21,12 @@ The filter must learn the room first: until it removes 12 dB of echo (a few
 seconds of reply audio, the first 3-4 interruptions of the barge-in benchmark)
 the stage is AEC3 and its suppressor alone, as before.
 
-Opt-in (``EchoCancellation(double_talk=True)``, ``--double-talk``). In early 30-turn runs its
-residual paused a few replies on their own echo, fixed by comparing in the speech band
-(:data:`SPEECH_BAND_HZ`), the VAD's level floor and no hangover in a reply's onset
-(``echo_cancel.DOUBLE_TALK_ONSET_MS``): four clean 30-turn runs since, but barge-in runs still
-pause a reply on its echo now and then (3 of 18; docs/echo.md).
+On by default (``EchoCancellation(double_talk=False)``, ``--no-double-talk``: AEC3 alone). Its
+residual used to pause replies on their own echo now and then; the fixes: comparing in the
+speech band (:data:`SPEECH_BAND_HZ`), the VAD's level floor, no hangover in a reply's onset
+(``echo_cancel.DOUBLE_TALK_ONSET_MS``) and, last, no near-end frame while AEC3's own output is
+at its floor (:data:`AEC_FLOOR_MARGIN_DB`): AEC3 holds a quiet user back, but it does not pass
+echo, so it vetoes the residual's mistakes (docs/echo.md).
 
 No maintained package exposes a linear echo estimate: the AEC3 bindings
 (pywebrtc-audio, livekit) return only the suppressed signal, and the speexdsp
@@ -152,6 +153,15 @@ NEAR_END_CONFIRM = (3, 4)
 #: level, took the -65 dBFS echo passed on for a voice. A voice 35 dB under what plays is not one
 #: to stop the reply for. (The larger bursts after a reply stops dead: :data:`SPEECH_BAND_HZ`.)
 NEAR_END_LOWEST_THRESHOLD_DB = -35.0
+#: A frame is not near-end while AEC3's own output sits at its floor: within this many dB of the
+#: 90th percentile of its level on the frames learnt as echo alone. AEC3's suppressor is slow to
+#: let a user through (that is why this detector exists), but it did not pass echo: in simulated
+#: barge-ins the 20 ms chunks this path passed with the user silent had AEC3 at -94 to -92 dBFS
+#: (p10-p90; its floor, the microphone 40-80 dB louder), those with the user speaking at -89 to
+#: -20 dBFS (median -38). ``python -m benchmarks.echo_sim`` over 336 attempts (docs/echo.md):
+#: replies paused on their own echo 14 times without the veto, once with it (AEC3's own, before
+#: it had heard the room); barge-in p50 +0-110 ms (still 130-220 ms under AEC3 alone's).
+AEC_FLOOR_MARGIN_DB = 1.0
 
 
 class NearEndDetector:
@@ -170,7 +180,8 @@ class NearEndDetector:
     def __init__(self, *, margin_db: float = NEAR_END_MARGIN_DB, percentile: float = NEAR_END_PERCENTILE,
                  history: int = NEAR_END_HISTORY_FRAMES, min_frames: int = 100, min_removed_db: float = 12.0,
                  confirm_frames: int = NEAR_END_CONFIRM[0], within_frames: int = NEAR_END_CONFIRM[1],
-                 lowest_threshold_db: float = NEAR_END_LOWEST_THRESHOLD_DB) -> None:
+                 lowest_threshold_db: float = NEAR_END_LOWEST_THRESHOLD_DB,
+                 aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB) -> None:
         if not 1 <= confirm_frames <= within_frames:
             raise ValueError(f"need 1 <= confirm_frames <= within_frames, got {confirm_frames} and {within_frames}")
         self.confirm_frames = confirm_frames
@@ -184,12 +195,22 @@ class NearEndDetector:
         self.min_removed_db = min_removed_db
         self._echo_alone: deque[float] = deque(maxlen=history)
         self._threshold_db: float | None = None  # recomputed when the history changes
+        self.aec_floor_margin_db = aec_floor_margin_db
+        self._aec_alone: deque[float] = deque(maxlen=history)
+        self._aec_floor_db: float | None = None
         self.near_end_frames = 0
+        #: Frames the residual called near-end while AEC3 was at its floor (not passed).
+        self.vetoed_frames = 0
 
     @property
     def threshold_db(self) -> float | None:
         """``residual_db`` above which a frame is near-end speech (None: not converged yet)."""
         return self._threshold_db
+
+    @property
+    def aec_floor_db(self) -> float | None:
+        """AEC3's output level on echo alone (None: not learnt, or no AEC3 levels given)."""
+        return self._aec_floor_db
 
     def _update_threshold(self) -> None:
         self._threshold_db = None
@@ -197,14 +218,24 @@ class NearEndDetector:
             typical = float(np.percentile(self._echo_alone, self.percentile))
             if typical <= -self.min_removed_db:
                 self._threshold_db = max(typical + self.margin_db, self.lowest_threshold_db)
+        if len(self._aec_alone) >= self.min_frames:
+            self._aec_floor_db = float(np.percentile(self._aec_alone, self.percentile))
 
-    def is_near_end(self, residual_db: float) -> bool:
-        """One frame while the far end is audible: does it hold near-end speech?"""
+    def is_near_end(self, residual_db: float, aec_db: float | None = None) -> bool:
+        """One frame while the far end is audible: does it hold near-end speech?
+
+        ``aec_db`` is AEC3's output level for the frame: near AEC3's floor
+        (:data:`AEC_FLOOR_MARGIN_DB`) the answer is no, whatever the residual says."""
         threshold = self.threshold_db
         above = threshold is not None and residual_db > threshold
         self.above = above
         self._above.append(above)
         if above and sum(self._above) >= self.confirm_frames:
+            floor = self._aec_floor_db
+            if (aec_db is not None and floor is not None and self.aec_floor_margin_db is not None
+                    and aec_db < floor + self.aec_floor_margin_db):
+                self.vetoed_frames += 1
+                return False
             self.near_end_frames += 1
             return True
         return False
@@ -214,7 +245,9 @@ class NearEndDetector:
         self._above.clear()
         self.above = False
 
-    def learn(self, residual_db: float) -> None:
-        """A frame the caller knows is echo alone."""
+    def learn(self, residual_db: float, aec_db: float | None = None) -> None:
+        """A frame the caller knows is echo alone (``aec_db``: AEC3's output level on it)."""
         self._echo_alone.append(residual_db)
+        if aec_db is not None:
+            self._aec_alone.append(aec_db)
         self._update_threshold()

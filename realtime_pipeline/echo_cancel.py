@@ -318,20 +318,22 @@ class EchoCancellation(_ReferenceStage):
     A :class:`ResidualSuppressor` follows it (``residual_gate=False``: none): without it
     AEC3's quiet residual reached the VAD and paused the first reply of a 3-turn run.
 
-    Double talk (``double_talk=True``, opt-in, :mod:`..double_talk`):
+    Double talk (on by default; ``double_talk=False`` is AEC3 alone; :mod:`..double_talk`):
     AEC3 also removes a user quieter than the echo, so a linear echo canceller runs beside
     it; frames where the user's voice is in its residual go on as that residual (the user
     plus the little echo a linear filter leaves), ``hangover_ms`` after the last such frame
     too (none in a far-end onset's first :data:`DOUBLE_TALK_ONSET_MS`). Once that filter has
     converged, the other frames are muted: AEC3's output there is only its residual, and
     with it webrtcvad heard the user later (VAD onset p50 350 against 80 ms in a simulated
-    12-interruption session). Against AEC3 alone in the echo room (docs/echo.md): barge-in
-    p50 about 290 against 460 ms, WER over the echo 0.3 against 0.4, but replies paused on
-    their own echo in 3 of 18 barge-in runs (0 with AEC3 alone), so it stays off by default.
+    12-interruption session). A frame is never near-end while AEC3's own output sits at its
+    floor (:data:`~.double_talk.AEC_FLOOR_MARGIN_DB`): with that veto replies paused on their
+    own echo once in 336 simulated barge-ins (AEC3's own, AEC3 alone too) against 14, and in
+    none of 8 live barge-in runs (3 of 18 before); barge-in p50 300 against 535 ms and WER 0.30
+    against 0.40 for AEC3 alone on the same live seeds (docs/echo.md).
     """
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
-                 double_talk: bool = False, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS) -> None:
+                 double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
         self.canceller = canceller
         self.linear = LinearEchoFilter() if double_talk else None
@@ -377,7 +379,7 @@ class EchoCancellation(_ReferenceStage):
                 self._hangover = 0
                 self.near_end.reset()
                 continue
-            mic_db = level_db(capture[piece])
+            mic_db, aec_db = level_db(capture[piece]), level_db(cancelled[piece])
             # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ)
             mic_band_db, linear_band_db = band_level_db(capture[piece]), band_level_db(residual)
             relative_db = linear_band_db - max(self._far_band_db)
@@ -387,16 +389,16 @@ class EchoCancellation(_ReferenceStage):
                 self.near_end.reset()
                 near = False
             else:
-                near = self.near_end.is_near_end(relative_db)
+                near = self.near_end.is_near_end(relative_db, aec_db)
             if near:
                 self._hangover = 0 if self._onset_frames else self.hangover_frames
             elif self._hangover:
                 self._hangover -= 1
             else:
-                echo_alone = not self.near_end.above and level_db(cancelled[piece]) < mic_db - ECHO_ALONE_REMOVED_DB
+                echo_alone = not self.near_end.above and aec_db < mic_db - ECHO_ALONE_REMOVED_DB
                 if mic_db > DOUBLE_TALK_FLOOR_DBFS and echo_alone:
                     self.linear.adapt(residual)  # echo alone: learn the echo path, never the user's voice
-                    self.near_end.learn(relative_db)
+                    self.near_end.learn(relative_db, aec_db)
                 if self.near_end.threshold_db is not None:
                     out[piece] = muted(self._step, self._rng)  # converged, not near-end: what AEC3 let through is echo
                 continue
@@ -460,7 +462,8 @@ def stage_summary(stage: Any) -> dict[str, Any]:
     if isinstance(stage, EchoCancellation):
         return {"mode": "aec", "package": AEC_PACKAGE,
                 "residual_gate_muted_frames": stage.gate.muted_frames if stage.gate is not None else None,
-                "double_talk_frames": stage.double_talk_frames if stage.linear is not None else None}
+                "double_talk_frames": stage.double_talk_frames if stage.linear is not None else None,
+                "double_talk_vetoed_frames": stage.near_end.vetoed_frames if stage.near_end is not None else None}
     if isinstance(stage, EchoGate):
         return {"mode": "gate", "muted_frames": stage.muted_frames}
     return {"mode": "none"}

@@ -149,7 +149,20 @@ def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir:
                "--echo-delay-ms", "100", "--echo-gain-db", "0", "--json", str(out), "--quiet"]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.aec")
-    assert echo["stage"]["mode"] == "aec" and echo["turns_answered"] == 2
+    echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.double-talk")  # the default mode
+    assert echo["stage"]["mode"] == "aec" and echo["stage"]["double_talk_frames"] is not None
+    assert echo["turns_answered"] == 2
     assert echo["self_interruptions"] == 0  # the target; VAD turns on echo alone are reported, not asserted
     assert echo["erle_db"] is not None and echo["erle_db"] >= 25.0
+
+
+@pytest.mark.parametrize("argv, message", [(["--modes", "aec,nope"], "unknown mode nope"),
+                                           (["--aec-floor-margin-db", "loud"], "takes dB or 'off'")])
+def test_echo_sim_rejects_bad_options_before_loading_anything(argv: list[str], message: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import echo_sim
+
+    with pytest.raises(SystemExit) as exit_info:
+        echo_sim.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

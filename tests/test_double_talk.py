@@ -152,3 +152,25 @@ def test_near_end_frames_get_no_hangover_right_after_the_far_end_comes_back():
     assert _passed_after_a_voice(far_silent_ms=200, far_playing_ms=100) == [False] * 20
     # a reply resuming after a pause shorter than DOUBLE_TALK_PAUSE_MS is no onset
     assert _passed_after_a_voice(far_silent_ms=50, far_playing_ms=100) == [True] * 15 + [False] * 5
+
+
+def test_a_frame_at_aec3s_floor_is_never_near_end():
+    # AEC3's suppressor holds back a user under the echo, but it does not pass echo: where its
+    # output sits at its floor (what it leaves of echo alone), the residual's "voice" is the
+    # linear filter's own leak (docs/echo.md: the simulated self-interruptions)
+    detector = NearEndDetector()
+    rng = np.random.default_rng(4)
+    for residual, aec in zip(-35.0 + rng.normal(0, 2, 150), -93.0 + rng.normal(0, 0.5, 150)):
+        detector.learn(float(residual), float(aec))
+    floor = detector.aec_floor_db
+    assert floor is not None and -93.5 < floor < -92.0
+    loud = detector.threshold_db + 6  # type: ignore[operator]
+    assert [detector.is_near_end(loud, floor - 1) for _ in range(4)] == [False] * 4
+    assert detector.vetoed_frames == 2  # the 3rd and 4th frames were confirmed, then vetoed
+    assert detector.above  # still not echo alone: the caller does not learn from them
+    assert detector.is_near_end(loud, -40.0)  # AEC3 lets something through: the residual decides
+    assert detector.is_near_end(loud)  # no AEC3 level given: the residual decides
+    without = NearEndDetector(aec_floor_margin_db=None)
+    for residual, aec in zip(-35.0 + rng.normal(0, 2, 150), -93.0 + rng.normal(0, 0.5, 150)):
+        without.learn(float(residual), float(aec))
+    assert [without.is_near_end(loud, floor - 1) for _ in range(3)] == [False, False, True]

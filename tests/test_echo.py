@@ -178,12 +178,14 @@ def test_sources_that_do_not_hear_the_output_get_no_echo_stage():
 def test_with_the_package_the_microphone_gets_aec3():
     output = MemoryOutput(22050, paced=True)
     assert isinstance(echo_stage(output), EchoCancellation)
-    assert echo_stage(output).linear is None  # the double-talk path is opt-in
+    assert echo_stage(output).linear is not None  # with the double-talk path by default
     source = EchoRoomSource(MemorySource([np.zeros(320, dtype=np.int16)], RATE), EchoRoom(output))
-    pipeline = voice_pipeline(source, output, echo="double-talk", llm=_NoLLM(), asr=_Nop("asr"), tts=_Nop("tts"),
-                              turn=_Nop("turn"))
-    stage = pipeline.stages[1]
-    assert isinstance(stage, EchoCancellation) and stage.linear is not None and stage.near_end is not None
+    for echo, double_talk in (("auto", True), ("double-talk", True), ("aec", False)):
+        pipeline = voice_pipeline(source, output, echo=echo, llm=_NoLLM(), asr=_Nop("asr"), tts=_Nop("tts"),
+                                  turn=_Nop("turn"))
+        stage = pipeline.stages[1]
+        assert isinstance(stage, EchoCancellation)
+        assert (stage.linear is not None and stage.near_end is not None) is double_talk, echo
     assert isinstance(echo_stage(output, enabled=False), EchoGate)
 
 

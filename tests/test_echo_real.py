@@ -122,3 +122,33 @@ def test_the_user_speaking_over_the_echo_reaches_the_vad_and_the_asr(room, asr):
     span = slice(onset, start + length)
     assert _energy(out[span]) > 2 * _energy(without[span])
     assert wer_over_echo < jiwer.wer(reference_words, normalize_text(asr.transcribe(without[start : start + length])))
+
+
+SESSION_USERS = ("ps_librivox_0870.wav", "mfa_um.wav", "ps_cards_002.wav", "ps_librivox_0920.wav", "mfa_words.wav",
+                 "ps_goforward.wav", "mfa_thoughts.wav", "ps_librivox_0880.wav", "mfa_longstop.wav")
+#: With this seed the former detector (no AEC3 floor veto) paused a reply on its echo, and so
+#: missed its user, in 4 of 7 runs (Piper's replies vary from run to run; seeds 0-9 searched),
+#: the current one in none.
+SESSION_SEED = 6
+
+
+def test_a_simulated_barge_in_session_stops_replies_for_the_user_and_never_for_their_echo(tts):
+    # benchmarks/echo_sim.py: the real AEC3 and Piper replies in the echo room, users speaking over
+    # them, the reply stopping when the VAD has 80 ms of the user, causally in 20 ms steps. Before
+    # AEC3's floor vetoed the linear residual's near-end frames this session paused replies on
+    # their own echo (docs/echo.md); a user the residual hears must still stop the reply
+    from benchmarks import echo_sim
+
+    replies = echo_sim.synthesize_replies(tts, echo_sim.REPLY_TEXTS[:4])
+    users = [echo_sim.load_user(SPEECH_DIR / name) for name in SESSION_USERS]
+    outcomes = {mode: echo_sim.simulate_session(lambda mode=mode: echo_sim.stage_for(mode), replies, users,
+                                                echo_sim.ROOMS[0], seed=SESSION_SEED)
+                for mode in ("aec", "double-talk")}
+    for mode, session in outcomes.items():
+        assert sum(o.self_interruptions for o in session) == 0, mode
+    # every user heard (AEC3 alone can miss one: its suppressor held a user through a reply
+    # on 1 of 5 runs, Piper's replies differing from run to run)
+    assert all(o.barge_in_ms is not None for o in outcomes["double-talk"] if o.playing)
+    faster = [a.barge_in_ms - d.barge_in_ms for a, d in zip(outcomes["aec"], outcomes["double-talk"])
+              if a.barge_in_ms is not None and d.barge_in_ms is not None]
+    assert len(faster) >= 6 and float(np.median(faster)) > 0  # double talk hears them sooner than AEC3 alone

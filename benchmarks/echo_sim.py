@@ -18,7 +18,9 @@ Per mode:
   in which the reply stops (the live benchmark adds the output's block and scheduling);
 * ``missed``: the reply played on through the user's words;
 * ``self_interruptions``: the reply stopped where the user's own audio would not have
-  started the VAD (under 2 voiced frames of it in the last 300 ms): the echo did.
+  started the VAD (under 2 voiced frames of it in the last 300 ms): the echo did;
+* ``wer`` (``--wer``): each user's words transcribed (Whisper, whole utterance at once) from what
+  the echo stage gives the ASR, from 300 ms before their onset (the VAD's prefix padding).
 
     python -m benchmarks.echo_sim --sessions 8 --modes aec,double-talk
 """
@@ -47,7 +49,8 @@ from realtime_pipeline.io.outputs import MemoryOutput
 from realtime_pipeline.stages.vad import VADSettings
 
 from .barge_in import SPEECH_DIR, speech_onset_sample
-from .turns import last_voiced_sample
+from .measure import word_error_rate
+from .turns import last_voiced_sample, read_tsv
 
 RATE = INPUT_SAMPLE_RATE_HZ
 STEP = RATE // 50  # 20 ms, the VAD's frame
@@ -85,14 +88,15 @@ def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.
     return replies
 
 
-def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB) -> Any:
+def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB, residual_for_asr: bool = True) -> Any:
     """A fresh echo stage (offline: its ``process`` is called directly); ``aec_floor_margin_db``
-    is the double-talk detector's (None: no AEC3 floor veto, as before 2026-12-04)."""
+    is the double-talk detector's (None: no AEC3 floor veto, as before 2026-12-04),
+    ``residual_for_asr`` the stage's (False: the ASR hears what the VAD hears)."""
     output = MemoryOutput(RATE)
     if mode == "aec":
         return EchoCancellation(output, canceller=EchoCanceller(), double_talk=False)
     if mode == "double-talk":
-        stage = EchoCancellation(output, canceller=EchoCanceller(), double_talk=True)
+        stage = EchoCancellation(output, canceller=EchoCanceller(), double_talk=True, residual_for_asr=residual_for_asr)
         assert stage.near_end is not None
         stage.near_end.aec_floor_margin_db = aec_floor_margin_db
         return stage
@@ -159,12 +163,17 @@ class Outcome:
     playing: bool  # the reply was playing at the user's onset (else it had ended: nothing to interrupt)
     barge_in_ms: float | None  # None: not stopped by the user while it played
     self_interruptions: int
+    heard: str | None = None  # what the ASR made of the user's words (with ``transcribe``)
 
 
 def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray], users: Sequence[User],
                      room: EchoRoomSettings, *, seed: int = 0, long_every: int = 3, noise_dbfs: float | None = None,
-                     min_interruption_ms: int | None = None) -> list[Outcome]:
-    """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply."""
+                     min_interruption_ms: int | None = None,
+                     transcribe: Callable[[np.ndarray], str] | None = None) -> list[Outcome]:
+    """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply.
+
+    With ``transcribe``, each user's words (300 ms before their onset, the VAD's prefix padding,
+    to 300 ms after their end) are transcribed from what the echo stage gives the ASR."""
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng(seed + 1)
     threshold_ms = min_interruption_ms or InterruptionSettings().min_interruption_ms
@@ -187,6 +196,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
                     for i in range(0, length - STEP, STEP)]
     stage, vad = make_stage(), VadRule()
     echo = np.zeros(length + len(response) + delay + STEP)
+    for_asr = np.zeros(length, dtype=np.int16)
     stopped: dict[int, int] = {}  # plan index -> sample where its reply stopped
     current = 0
     for position in range(0, length - STEP, STEP):
@@ -204,6 +214,8 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
             mic = mic + noise_rng.normal(0.0, 32768.0 * 10 ** (noise_dbfs / 20), STEP)
         capture = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
         out = stage.process(position, capture, far.astype(np.int16))
+        heard = getattr(stage, "for_asr", None)
+        for_asr[position : position + STEP] = out if heard is None else heard
         vad.step(out)
         if playing and vad.in_speech and vad.voiced_ms >= threshold_ms:
             stopped[current] = position + STEP
@@ -213,19 +225,27 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         by_echo = at is not None and sum(clean_voiced[max(0, at // STEP - 15) : at // STEP]) < 2
         by_user = at is not None and not by_echo and onset - RATE // 100 <= at <= user_start + user.end + RATE * 3 // 10
         playing_at_onset = start <= onset < ends[index]
+        words = None
+        if transcribe is not None:
+            words = transcribe(for_asr[max(0, onset - RATE * 3 // 10) : user_start + user.end + RATE * 3 // 10])
         outcomes.append(Outcome(user.name, long, playing_at_onset,
-                                1000.0 * (at - onset) / RATE if by_user and playing_at_onset else None, int(by_echo)))
+                                1000.0 * (at - onset) / RATE if by_user and playing_at_onset else None, int(by_echo),
+                                words))
     return outcomes
 
 
-def summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
+def summary(outcomes: Sequence[Outcome], references: dict[str, str] | None = None) -> dict[str, Any]:
+    """Percentiles and counts; with ``references`` (file name → words) the corpus WER of what the
+    ASR heard from the users whose reply was playing."""
     latencies = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None]
     percentile = (lambda q: round(float(np.percentile(latencies, q)), 1)) if latencies else (lambda q: None)
     missed = sum(1 for o in outcomes if o.playing and o.barge_in_ms is None and not o.self_interruptions)
     return {"attempts": len(outcomes), "measured": len(latencies), "missed": missed,
             "not_playing": sum(1 for o in outcomes if not o.playing),
             "barge_in_ms": {"p50": percentile(50), "p95": percentile(95), "max": percentile(100)},
-            "self_interruptions": sum(o.self_interruptions for o in outcomes)}
+            "self_interruptions": sum(o.self_interruptions for o in outcomes),
+            "wer": None if references is None else word_error_rate(
+                [references[o.user] for o in outcomes if o.playing], [o.heard or "" for o in outcomes if o.playing])}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -240,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--echo-rt60-ms", type=float, default=300.0)
     parser.add_argument("--aec-floor-margin-db", default=str(AEC_FLOOR_MARGIN_DB),
                         help="double talk: the AEC3-floor veto's margin (default %(default)s; 'off': no veto)")
+    parser.add_argument("--wer", action="store_true", help="transcribe each user from what the ASR gets (Whisper) and report the WER")
+    parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write per-attempt outcomes and summaries as JSON")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
@@ -258,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     tts = PiperTTS()
     anyio.run(tts.setup, StageContext(Conversation(), Tracer()))
+    transcribe, references = None, None
+    if args.wer:
+        from realtime_pipeline import WhisperASR
+
+        asr = WhisperASR()
+        anyio.run(asr.setup, StageContext(Conversation(), Tracer()))
+        transcribe, references = asr.transcribe, read_tsv(SPEECH_DIR / "transcripts_normalized.tsv")
     replies = synthesize_replies(tts)
     files = sorted(SPEECH_DIR.glob("*.wav"))
     users = {path.name: load_user(path) for path in files}
@@ -269,10 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms, seed=seed))
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
             gate = {"min_interruption_ms": InterruptionSettings().min_interruption_while_speaking_ms} if mode == "gate" else {}
-            outcomes += simulate_session(lambda: stage_for(mode, aec_floor_margin_db=margin_db), replies,
-                                         [users[files[i].name] for i in order], room, seed=seed,
-                                         noise_dbfs=args.noise_dbfs, **gate)
-        result[mode] = {"summary": summary(outcomes), "outcomes": [o.__dict__ for o in outcomes]}
+            outcomes += simulate_session(
+                lambda: stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr), replies,
+                [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
+                transcribe=transcribe, **gate)
+        result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -250,6 +250,10 @@ class _ReferenceStage(Stage):
         self._reader: LoopbackReader | None = None
         self._step = INPUT_SAMPLE_RATE_HZ * FRAME_MS // 1000
         self._carry = np.zeros(0, dtype=np.int16)
+        #: What the ASR should hear of the frames :meth:`process` returned last, where it differs
+        #: from them (None: the same): the double-talk path's linear residual where the VAD's
+        #: signal is muted.
+        self.for_asr: np.ndarray | None = None
 
     def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         return capture
@@ -260,6 +264,7 @@ class _ReferenceStage(Stage):
         any) and double talk; public so a recording can be processed offline (tests, tools)."""
         cancelled = self._cancel(capture, reference)
         out = self.gate.process(cancelled, reference, capture) if self.gate is not None else cancelled
+        self.for_asr = None
         out = self._double_talk(capture, reference, cancelled, out)
         self.records.append(ProcessedFrame(start, len(capture), _energy(capture), _energy(cancelled), _energy(out),
                                            _energy(reference)))
@@ -287,7 +292,7 @@ class _ReferenceStage(Stage):
             capture = samples[:usable]
             reference = np.clip(np.round(self._reader.read(start, usable)), -32768, 32767).astype(np.int16)
             cleaned = self.process(start, capture, reference)
-            await outbox.send(AudioFrame(cleaned, INPUT_SAMPLE_RATE_HZ, start, frame.captured_at_s))
+            await outbox.send(AudioFrame(cleaned, INPUT_SAMPLE_RATE_HZ, start, frame.captured_at_s, asr_samples=self.for_asr))
 
 
 #: Default of :attr:`EchoCancellation.hangover_ms`: after a near-end frame the linear residual
@@ -330,11 +335,17 @@ class EchoCancellation(_ReferenceStage):
     own echo once in 336 simulated barge-ins (AEC3's own, AEC3 alone too) against 14, and in
     none of 8 live barge-in runs (3 of 18 before); barge-in p50 300 against 535 ms and WER 0.30
     against 0.40 for AEC3 alone on the same live seeds (docs/echo.md).
+
+    ``residual_for_asr``: where the VAD's signal is muted (converged, not judged near-end), the
+    ASR gets the linear residual instead (:attr:`AudioFrame.asr_samples`): the user plus 25-45 dB
+    less echo, so a user's first syllables, which the VAD hears only once the detector is sure,
+    are in what Whisper transcribes.
     """
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
-                 double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS) -> None:
+                 double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS, residual_for_asr: bool = True) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
+        self.residual_for_asr = residual_for_asr
         self.canceller = canceller
         self.linear = LinearEchoFilter() if double_talk else None
         self.near_end = NearEndDetector() if double_talk else None
@@ -385,7 +396,8 @@ class EchoCancellation(_ReferenceStage):
             relative_db = linear_band_db - max(self._far_band_db)
             # a residual louder than the microphone is the filter's own error (the echo of a
             # reply's first word has not arrived yet), not a voice
-            if linear_band_db > mic_band_db + 1.0 or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
+            filter_error = linear_band_db > mic_band_db + 1.0
+            if filter_error or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
                 self.near_end.reset()
                 near = False
             else:
@@ -400,9 +412,15 @@ class EchoCancellation(_ReferenceStage):
                     self.linear.adapt(residual)  # echo alone: learn the echo path, never the user's voice
                     self.near_end.learn(relative_db, aec_db)
                 if self.near_end.threshold_db is not None:
+                    if self.residual_for_asr and not filter_error:
+                        if self.for_asr is None:
+                            self.for_asr = out.copy()
+                        self.for_asr[piece] = np.clip(np.round(residual), -32768, 32767).astype(np.int16)
                     out[piece] = muted(self._step, self._rng)  # converged, not near-end: what AEC3 let through is echo
                 continue
             out[piece] = np.clip(np.round(residual), -32768, 32767).astype(np.int16)
+            if self.for_asr is not None:
+                self.for_asr[piece] = out[piece]
             self.double_talk_frames += 1
         return out
 

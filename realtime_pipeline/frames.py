@@ -36,6 +36,10 @@ class AudioFrame(Frame):
     sample_rate_hz: int
     start_sample: int = 0
     captured_at_s: float = field(default_factory=time.monotonic)
+    #: The same audio as the ASR should hear it, where that differs from ``samples`` (None: it
+    #: does not): the echo stage mutes the VAD's signal until it is sure the user speaks over a
+    #: reply, and gives the ASR the linear echo canceller's residual there, first syllables included.
+    asr_samples: np.ndarray | None = None
 
     @property
     def duration_ms(self) -> float:

@@ -157,3 +157,31 @@ async def test_a_turn_that_ends_without_a_pause_still_gets_its_final():
     finals = [f for f in frames if isinstance(f, TranscriptFinal)]
     assert [f.text for f in finals] == ["clip of 600 ms"]
     assert not any(isinstance(f, TranscriptPreview) for f in frames)
+
+
+class LevelWhisper(SlowWhisper):
+    """Reports the loudest sample of what it was given."""
+
+    def transcribe(self, samples: np.ndarray) -> str:
+        return f"peak {int(np.abs(samples).max()) if samples.size else 0}"
+
+
+@pytest.mark.anyio
+async def test_the_asr_transcribes_what_the_echo_stage_meant_for_it():
+    # the echo stage mutes the VAD's signal until it is sure the user talks over a reply, and
+    # gives the ASR the linear residual there (AudioFrame.asr_samples)
+    class Muted(Stage):
+        name = "scripted"
+
+        async def run(self, ctx, inbox, outbox):
+            await outbox.send(SpeechStarted(1, 0))
+            for index in range(25):
+                gated = np.zeros(RATE // 50, dtype=np.int16)
+                await outbox.send(AudioFrame(gated, RATE, index * RATE // 50,
+                                             asr_samples=np.full(RATE // 50, 700, dtype=np.int16) if index < 5 else None))
+            await outbox.send(SpeechStopped(1, 500))
+
+    sink = Frames()
+    await Pipeline([Muted(), LevelWhisper(pass_s=0.0, partial_interval_ms=None, tail_ms=0), sink]).run()
+    finals = [f for f in sink.frames if isinstance(f, TranscriptFinal)]
+    assert [f.text for f in finals] == ["peak 700"]

@@ -297,7 +297,8 @@ class WhisperASR(Stage):
                     if isinstance(frame, AudioFrame):
                         if frame.sample_rate_hz != rate:
                             raise AudioFormatError(f"ASR input at {frame.sample_rate_hz} Hz; it takes {rate} Hz")
-                        buffer = np.concatenate([buffer, frame.samples]) if buffer.size else frame.samples.copy()
+                        heard = frame.samples if frame.asr_samples is None else frame.asr_samples
+                        buffer = np.concatenate([buffer, heard]) if buffer.size else heard.copy()
                         if turn is None and len(buffer) > keep_idle:
                             buffer_start += len(buffer) - keep_idle
                             buffer = buffer[-keep_idle:]

@@ -269,19 +269,28 @@ def analyse(attempts: list[Attempt], output: MemoryOutput, events: list[tuple[fl
     }
 
 
-def interrupter_wer(attempts: list[Attempt], events: list[tuple[float, Any]]) -> float | None:
-    """WER of the interrupting speech: each attempt's reference against the final transcripts of
-    the VAD turns that started while it played (until the next attempt)."""
+def interrupter_transcripts(attempts: list[Attempt], events: list[tuple[float, Any]]) -> list[dict[str, Any]]:
+    """Per attempt with a reference: the final transcripts of the VAD turns that started while it
+    played (until the next attempt), joined, and how many turns the VAD cut it into."""
     references = read_tsv(SPEECH_DIR / "transcripts_normalized.tsv")
     started = [(t, e.turn_id) for t, e in events if isinstance(e, SpeechStarted)]
     finals = {e.turn_id: e.text for _, e in events if isinstance(e, TranscriptFinal)}
-    pairs = []
+    heard = []
     for index, attempt in enumerate(attempts):
         if attempt.name not in references:
             continue
         end_s = attempts[index + 1].start_s if index + 1 < len(attempts) else float("inf")
-        texts = [finals.get(turn_id, "") for t, turn_id in started if attempt.start_s - 0.3 <= t < end_s]
-        pairs.append((references[attempt.name], " ".join(x for x in texts if x)))
+        turns = [turn_id for t, turn_id in started if attempt.start_s - 0.3 <= t < end_s]
+        texts = [finals.get(turn_id, "") for turn_id in turns]
+        heard.append({"file": attempt.name, "reference": references[attempt.name],
+                      "heard": " ".join(x for x in texts if x), "vad_turns": len(turns)})
+    return heard
+
+
+def interrupter_wer(attempts: list[Attempt], events: list[tuple[float, Any]]) -> float | None:
+    """WER of the interrupting speech: each attempt's reference against the final transcripts of
+    the VAD turns that started while it played (until the next attempt)."""
+    pairs = [(h["reference"], h["heard"]) for h in interrupter_transcripts(attempts, events)]
     return word_error_rate([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
 
 
@@ -352,6 +361,10 @@ async def run_barge_in(
     await pipeline.run()
     result = analyse(source.attempts, output, events)
     result["wer"] = interrupter_wer(source.attempts, events)
+    by_file = {h["file"]: h for h in interrupter_transcripts(source.attempts, events)}
+    for record in result["turns"]:  # what the ASR made of each interrupter, and in how many VAD turns
+        if record["file"] in by_file:
+            record.update(user_heard=by_file[record["file"]]["heard"], user_vad_turns=by_file[record["file"]]["vad_turns"])
     if echo is not None and room is not None:
         result["echo_summary"] = {
             **echo_room.summary(echo, room, pipeline, [e for _, e in events]),

@@ -33,5 +33,7 @@ async def test_real_speech_interrupts_a_real_reply_and_is_answered(asr, llm, tts
     # the interrupting words became the next user turn, and it was answered to the end
     users = [entry for entry in history if entry["role"] == "user"]
     assert "young man" in normalize_text(users[-1]["content"])
+    # the record says what the ASR made of the interrupter, and in how many VAD turns
+    assert turn["user_vad_turns"] >= 1 and "young man" in normalize_text(turn["user_heard"])
     last = history[-1]
     assert last["role"] == "assistant" and not last["interrupted"] and last["content"]

@@ -20,7 +20,7 @@ Per mode:
 * ``self_interruptions``: the reply stopped where the user's own audio would not have
   started the VAD (under 2 voiced frames of it in the last 300 ms): the echo did;
 * ``wer`` (``--wer``): each user's words transcribed (Whisper, whole utterance at once) from what
-  the echo stage gives the ASR, from 300 ms before their onset (the VAD's prefix padding).
+  the echo stage gives the ASR, from the VAD's start less its prefix padding (the ASR's window).
 
     python -m benchmarks.echo_sim --sessions 8 --modes aec,double-talk
 """
@@ -117,6 +117,10 @@ class VadRule:
         self.in_speech = False
         self.voiced_ms = 0
         self._unvoiced = 0
+        self._position = 0
+        self._first_voiced: deque[int] = deque(maxlen=self._recent.maxlen)
+        #: Sample where the current (or last) turn's first voiced frame began.
+        self.started_at: int | None = None
 
     def voiced(self, frame: np.ndarray) -> bool:
         level_dbfs = 10 * np.log10(np.mean(np.square(frame.astype(np.float64))) / 32768.0**2 + 1e-12)
@@ -125,10 +129,13 @@ class VadRule:
     def step(self, frame: np.ndarray) -> None:
         voiced = self.voiced(frame)
         self._recent.append(voiced)
+        self._first_voiced.append(self._position)
+        self._position += len(frame)
         if not self.in_speech:
             full = len(self._recent) == self._recent.maxlen
             if voiced and full and sum(self._recent) / len(self._recent) >= self.settings.threshold:
                 self.in_speech, self.voiced_ms, self._unvoiced = True, self.settings.frame_ms * sum(self._recent), 0
+                self.started_at = next(p for v, p in zip(self._recent, self._first_voiced) if v)
             return
         if voiced:
             self.voiced_ms += self.settings.frame_ms
@@ -169,11 +176,13 @@ class Outcome:
 def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray], users: Sequence[User],
                      room: EchoRoomSettings, *, seed: int = 0, long_every: int = 3, noise_dbfs: float | None = None,
                      min_interruption_ms: int | None = None,
-                     transcribe: Callable[[np.ndarray], str] | None = None) -> list[Outcome]:
+                     transcribe: Callable[[np.ndarray], str] | None = None,
+                     prefix_padding_ms: int = VADSettings().prefix_padding_ms) -> list[Outcome]:
     """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply.
 
-    With ``transcribe``, each user's words (300 ms before their onset, the VAD's prefix padding,
-    to 300 ms after their end) are transcribed from what the echo stage gives the ASR."""
+    With ``transcribe``, each user's words are transcribed from what the echo stage gives the
+    ASR, from ``prefix_padding_ms`` before the VAD's start (as the ASR's window) to 300 ms after
+    their end."""
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng(seed + 1)
     threshold_ms = min_interruption_ms or InterruptionSettings().min_interruption_ms
@@ -197,6 +206,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
     stage, vad = make_stage(), VadRule()
     echo = np.zeros(length + len(response) + delay + STEP)
     for_asr = np.zeros(length, dtype=np.int16)
+    vad_starts: list[int] = []
     stopped: dict[int, int] = {}  # plan index -> sample where its reply stopped
     current = 0
     for position in range(0, length - STEP, STEP):
@@ -216,7 +226,10 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         out = stage.process(position, capture, far.astype(np.int16))
         heard = getattr(stage, "for_asr", None)
         for_asr[position : position + STEP] = out if heard is None else heard
+        was_speaking = vad.in_speech
         vad.step(out)
+        if vad.in_speech and not was_speaking and vad.started_at is not None:
+            vad_starts.append(vad.started_at)
         if playing and vad.in_speech and vad.voiced_ms >= threshold_ms:
             stopped[current] = position + STEP
     outcomes = []
@@ -226,8 +239,10 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         by_user = at is not None and not by_echo and onset - RATE // 100 <= at <= user_start + user.end + RATE * 3 // 10
         playing_at_onset = start <= onset < ends[index]
         words = None
-        if transcribe is not None:
-            words = transcribe(for_asr[max(0, onset - RATE * 3 // 10) : user_start + user.end + RATE * 3 // 10])
+        if transcribe is not None:  # from the VAD's first start for this user, less the prefix padding
+            starts = [v for v in vad_starts if user_start - RATE * 3 // 10 <= v <= user_start + user.end]
+            begin = (starts[0] if starts else onset) - prefix_padding_ms * RATE // 1000
+            words = transcribe(for_asr[max(0, begin) : user_start + user.end + RATE * 3 // 10])
         outcomes.append(Outcome(user.name, long, playing_at_onset,
                                 1000.0 * (at - onset) / RATE if by_user and playing_at_onset else None, int(by_echo),
                                 words))
@@ -261,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aec-floor-margin-db", default=str(AEC_FLOOR_MARGIN_DB),
                         help="double talk: the AEC3-floor veto's margin (default %(default)s; 'off': no veto)")
     parser.add_argument("--wer", action="store_true", help="transcribe each user from what the ASR gets (Whisper) and report the WER")
+    parser.add_argument("--prefix-padding-ms", type=int, default=VADSettings().prefix_padding_ms,
+                        help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write per-attempt outcomes and summaries as JSON")
     args = parser.parse_args(argv)
@@ -301,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes += simulate_session(
                 lambda: stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr), replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
-                transcribe=transcribe, **gate)
+                transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

@@ -287,11 +287,10 @@ def interrupter_transcripts(attempts: list[Attempt], events: list[tuple[float, A
     return heard
 
 
-def interrupter_wer(attempts: list[Attempt], events: list[tuple[float, Any]]) -> float | None:
+def interrupter_wer(heard: list[dict[str, Any]]) -> float | None:
     """WER of the interrupting speech: each attempt's reference against the final transcripts of
-    the VAD turns that started while it played (until the next attempt)."""
-    pairs = [(h["reference"], h["heard"]) for h in interrupter_transcripts(attempts, events)]
-    return word_error_rate([r for r, _ in pairs], [h for _, h in pairs]) if pairs else None
+    the VAD turns that started while it played (:func:`interrupter_transcripts`)."""
+    return word_error_rate([h["reference"] for h in heard], [h["heard"] for h in heard]) if heard else None
 
 
 def _final_delays_ms(events: list[tuple[float, Any]]) -> list[float]:
@@ -360,8 +359,9 @@ async def run_barge_in(
     started = time.monotonic()
     await pipeline.run()
     result = analyse(source.attempts, output, events)
-    result["wer"] = interrupter_wer(source.attempts, events)
-    by_file = {h["file"]: h for h in interrupter_transcripts(source.attempts, events)}
+    heard = interrupter_transcripts(source.attempts, events)
+    result["wer"] = interrupter_wer(heard)
+    by_file = {h["file"]: h for h in heard}
     for record in result["turns"]:  # what the ASR made of each interrupter, and in how many VAD turns
         if record["file"] in by_file:
             record.update(user_heard=by_file[record["file"]]["heard"], user_vad_turns=by_file[record["file"]]["vad_turns"])

@@ -21,7 +21,7 @@ The filter must learn the room first: until it removes 12 dB of echo (a few
 seconds of reply audio, the first 3-4 interruptions of the barge-in benchmark)
 the stage is AEC3 and its suppressor alone, as before.
 
-On by default (``EchoCancellation(double_talk=False)``, ``--no-double-talk``: AEC3 alone). Its
+On by default (AEC3 alone: ``EchoCancellation(double_talk=False)``, ``--no-double-talk``). Its
 residual used to pause replies on their own echo now and then; the fixes: comparing in the
 speech band (:data:`SPEECH_BAND_HZ`), the VAD's level floor, no hangover in a reply's onset
 (``echo_cancel.DOUBLE_TALK_ONSET_MS``) and, last, no near-end frame while AEC3's own output is

@@ -333,7 +333,7 @@ class EchoCancellation(_ReferenceStage):
     12-interruption session). A frame is never near-end while AEC3's own output sits at its
     floor (:data:`~.double_talk.AEC_FLOOR_MARGIN_DB`): with that veto replies paused on their
     own echo once in 336 simulated barge-ins (AEC3's own, AEC3 alone too) against 14, and in
-    none of 8 live barge-in runs (3 of 18 before); barge-in p50 300 against 535 ms and WER 0.30
+    none of 14 live barge-in runs (3 of 18 before); barge-in p50 300 against 535 ms and WER 0.30
     against 0.40 for AEC3 alone on the same live seeds (docs/echo.md).
 
     ``residual_for_asr``: where the VAD's signal is muted (converged, not judged near-end), the

@@ -21,7 +21,7 @@ turn the instants below are put on the system clock (the page's
 - ``R``: the page's first reply poll above that threshold.
 
 WebRTC's own share is ``(S_in - T0) + (F1 - F) + (R - L)``: the way in, the
-track's wait for its next 20 ms tick, and the way out (Opus, loopback, the
+track's wait for its next tick (``rtc_call.FRAME_MS``), and the way out (Opus, loopback, the
 browser's jitter buffer, playout, the page's analyser). ``L - F1`` is the
 reply's silent start (the TTS's leading zeros), which a loudspeaker would play after ``F`` in
 process too. ``old_page_measured`` replays the page's former rule on its polls: the reply's onset at
@@ -255,6 +255,31 @@ HOPS = ("page_start_error", "input_path", "vad_end", "server_voice_to_voice", "t
         "old_page_measured", "browser_minus_server")
 
 
+def neteq_pacing_view(sent_ms: np.ndarray, frame_ms: int, *, window_ms: float = 2000.0, interval_ms: float = 500.0) -> dict[str, float]:
+    """The reply frames' send times as Chromium's NetEq would see them if the network added nothing.
+
+    NetEq's delay manager takes each packet's delay relative to the least delayed packet of the
+    last ~2 s, keeps the largest per 500 ms interval, and sets its target to the 95th percentile
+    of those maxima, in 20 ms buckets (libwebrtc's ``UnderrunOptimizer``, quantile 0.95): one
+    packet 20 ms behind in more than 5 % of the half seconds raises the target from 20 to 40 ms.
+    Returns the p50 / p95 of the per-interval maxima and the share of intervals at or over 20 ms.
+    """
+    behind = sent_ms - frame_ms * np.arange(len(sent_ms))  # delay against the schedule, up to a constant
+    maxima: list[float] = []
+    start = 0
+    for end in range(1, len(sent_ms) + 1):
+        if end == len(sent_ms) or sent_ms[end] - sent_ms[start] >= interval_ms:
+            lo = np.searchsorted(sent_ms, sent_ms[start] - window_ms)
+            reference = behind[lo:end].min()
+            maxima.append(float(behind[start:end].max() - reference))
+            start = end
+    values = np.asarray(maxima)
+    if not len(values):
+        return {"p50_ms": 0.0, "p95_ms": 0.0, "share_over_20_ms": 0.0}
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
+            "share_over_20_ms": float(np.mean(values >= 20.0))}
+
+
 def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offset_s: float) -> dict[str, Any]:
     from realtime_pipeline.tracing import FIRST_SAMPLE_PLAYED, USER_SPEECH_END
 
@@ -272,7 +297,7 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
     truth_ms = [start_ms + 1000.0 * end_s for end_s in mic.speech_end_s]
     rows = []
     for m in page["measurements"]:
-        response_turn, user_turn = session._turns.get(m["response_id"], (None, None))
+        response_turn, user_turn = session.response_turns.turns.get(m["response_id"], (None, None))
         trace = session.pipeline.tracer.turn(user_turn) if user_turn is not None else None
         reply = session.pipeline.tracer.turn(response_turn) if response_turn is not None else None
         if trace is None or reply is None or m.get("reply_onset_at_ms") is None:
@@ -309,18 +334,28 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
             "webrtc_added": (s_in - t0) + (f1 - f) + (r - onset),
             "old_page_measured": old_r - p, "browser_minus_server": (r - p) - (f - v),
         })
+    from realtime_pipeline.server.rtc_call import FRAME_MS
+
     sent = np.asarray([t for t, _, _ in probe.frames])
-    behind_ms = 1000.0 * (sent - 0.020 * np.arange(len(sent)))
-    behind_ms -= behind_ms.min()  # how late each frame went out against the track's 20 ms schedule
+    behind_ms = 1000.0 * sent - FRAME_MS * np.arange(len(sent))
+    behind_ms -= behind_ms.min()  # how late each frame went out against the track's schedule
     gaps = np.diff(behind_ms)
+    pacing = neteq_pacing_view(1000.0 * sent, FRAME_MS)
+    # the pacing NetEq had just seen when each reply began: the turn's end is when the server works hardest
+    # (final transcript, the LLM's prompt, the first synthesis), and NetEq's newest half seconds weigh most
+    for row in rows:
+        first = next(i for i, (_, rid, _) in enumerate(probe.frames) if rid == row["response_id"])
+        recent = (sent > sent[first] - 3.0) & (sent <= sent[first])
+        reference = behind_ms[(sent > sent[first] - 5.0) & (sent <= sent[first])].min()
+        row["pacing_before_reply_ms"] = float(behind_ms[recent].max() - reference)
     stalls = [{"at_ms": epoch_ms(sent[i + 1]), "late_ms": float(gaps[i])} for i in np.flatnonzero(gaps > 40.0)]
     measured = {m["response_id"] for m in page["measurements"]}
     unmeasured = {rid: sorted(session.pipeline.tracer.turn(turn).stamps) if session.pipeline.tracer.turn(turn) else None
-                  for rid, (turn, _) in session._turns.items() if rid not in measured}
+                  for rid, (turn, _) in session.response_turns.turns.items() if rid not in measured}
     return {"rows": rows, "unmeasured_responses": unmeasured, "mic_packets_dropped_late": [getattr(b, "dropped_late", None) for b in probe.buffers], "frames_sent": len(sent), "events": probe.events, "stalls": stalls,
             "frame_lateness_ms": {"p50": float(np.percentile(behind_ms, 50)), "p95": float(np.percentile(behind_ms, 95)),
                                   "p99": float(np.percentile(behind_ms, 99)), "max": float(behind_ms.max())}, "wav_start_level_correlation": level_match, "received_correlation": peak,
-            "received_lag_samples": lag}
+            "received_lag_samples": lag, "frame_ms": FRAME_MS, "pacing": pacing}
 
 
 def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False) -> dict[str, Any]:
@@ -371,12 +406,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gap-s", type=float, default=9.0, help="silence after each clip (time for the answer)")
     parser.add_argument("--aiortc-jitter-buffer", action="store_true",
                         help="keep aiortc's own audio jitter buffer on the microphone (4 frames held: the former behaviour)")
+    parser.add_argument("--reply-frame-ms", type=int, choices=(10, 20), help="the reply track's packet time (default: rtc_call.FRAME_MS)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing (scripts/setup.sh installs Debian's chromium)")
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
+    if args.reply_frame_ms is not None:
+        from realtime_pipeline.server import rtc_call
+
+        rtc_call.FRAME_MS = args.reply_frame_ms  # read by each call's ReplyTrack
     if args.aiortc_jitter_buffer:
         from realtime_pipeline.server import rtc_call
 
@@ -393,9 +433,13 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"AudioContext latency {stats.get('audioContextLatencyMs')} ms, RTT {stats.get('rttMs')} ms, lost {stats.get('packetsLost')}")
     print(f"microphone packets: {result['mic_packet_ms']} ms of audio each (median), {result['mic_packets_dropped_late']} dropped as late by the server; "
           f"lag of each clip in the received stream (samples): {[row['clip_lag_samples'] for row in rows]}")
-    print(f"server: reply frames handed to aiortc behind the 20 ms schedule (ms) {json.dumps({k: round(v, 1) for k, v in result['frame_lateness_ms'].items()})}"
+    print(f"server: reply frames handed to aiortc behind the {result['frame_ms']} ms schedule (ms) {json.dumps({k: round(v, 1) for k, v in result['frame_lateness_ms'].items()})}"
           f" over {result['frames_sent']} frames, {len(result['stalls'])} frames more than 40 ms later than the one before;"
           f" browser RTP jitter {stats.get('rtpJitterMs')} ms")
+    pacing = result["pacing"]
+    print(f"server pacing as NetEq weighs it (worst frame per 500 ms against the earliest of 2 s): p50 {pacing['p50_ms']:.1f} ms, "
+          f"p95 {pacing['p95_ms']:.1f} ms, {100 * pacing['share_over_20_ms']:.1f} % of half seconds 20 ms or more behind (over 5 %: a 40 ms target); "
+          f"in the 3 s before each reply: {[round(row['pacing_before_reply_ms']) for row in rows]} ms")
     print("| hop | median ms | per turn |")
     print("|---|---|---|")
     for hop in HOPS:

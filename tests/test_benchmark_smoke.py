@@ -166,3 +166,18 @@ def test_echo_sim_rejects_bad_options_before_loading_anything(argv: list[str], m
         echo_sim.main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_webrtc_benchmarks_pacing_view_weighs_half_seconds_as_neteq_does() -> None:
+    """NetEq keeps the worst delay per 500 ms against the least delayed packet of the last 2 s."""
+    from benchmarks.webrtc_latency import neteq_pacing_view
+
+    on_time = np.arange(1000) * 10.0  # 10 s of 10 ms packets, each on schedule
+    assert neteq_pacing_view(on_time, 10) == {"p50_ms": 0.0, "p95_ms": 0.0, "share_over_20_ms": 0.0}
+    shifted = on_time.copy()
+    shifted[500:] += 25.0  # a 25 ms stall at 5 s, never caught up: late against the 2 s before it only
+    view = neteq_pacing_view(shifted, 10)
+    assert view["share_over_20_ms"] == pytest.approx(0.2) and view["p95_ms"] == pytest.approx(25.0)
+    spiky = on_time.copy()
+    spiky[::60] += 22.0  # one packet 22 ms late every 0.6 s: most half seconds hold one
+    assert neteq_pacing_view(spiky, 10)["share_over_20_ms"] > 0.5

@@ -359,12 +359,14 @@ def test_microphone_packets_are_decoded_on_arrival():
 
 
 async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay():
-    """The track sends 48 kHz itself: aiortc's encoder resampled 24 kHz into whole frames a frame late (20 ms)."""
-    from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+    """The track sends 48 kHz itself in 10 ms Opus packets of its own (aiortc's encoder resampled 24 kHz
+    into whole 20 ms frames a frame late, and its ``voip`` mode looks 6.5 ms ahead)."""
+    from aiortc.codecs.opus import OpusDecoder
     from aiortc.jitterbuffer import JitterFrame
 
     from realtime_pipeline.server.rtc_call import FRAME_MS, ReplyTrack
 
+    assert FRAME_MS == 10
     events: list[tuple[str, str]] = []
     track = ReplyTrack(lambda kind, response_id: events.append((kind, response_id)), input_rate_hz=24_000)
     lead_ms, tone_ms = 40, 100
@@ -373,21 +375,38 @@ async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay():
     track.push("resp_1", reply[:1000])  # the player writes in blocks: one resampling stream across them
     track.push("resp_1", reply[1000:])
     track.finish("resp_1")
-    encoder, decoder = OpusEncoder(), OpusDecoder()
+    decoder = OpusDecoder()
     onset_ms = end_ms = None
-    for sent in range(12):  # frame n leaves at n * 20 ms; a sample plays at its packet's send time + its place in it
-        frame = await track.recv()
-        assert frame.sample_rate == 48_000 and frame.samples == 960
-        payloads, timestamp = encoder.encode(frame)
-        for payload in payloads:
-            for out in decoder.decode(JitterFrame(data=payload, timestamp=timestamp)):
-                loud = np.flatnonzero(np.abs(out.to_ndarray().reshape(-1, 2)[:, 0]) > 2_000)
-                if len(loud):
-                    onset_ms = onset_ms if onset_ms is not None else sent * FRAME_MS + loud[0] / 48
-                    end_ms = sent * FRAME_MS + loud[-1] / 48
+    timestamps = []
+    for sent in range(24):  # packet n leaves at n * 10 ms; a sample plays at its packet's send time + its place in it
+        packet = await track.recv()
+        timestamps.append(packet.pts)
+        for out in decoder.decode(JitterFrame(data=bytes(packet), timestamp=packet.pts)):
+            assert out.samples == 480, "one 10 ms frame per packet"
+            loud = np.flatnonzero(np.abs(out.to_ndarray().reshape(-1, 2)[:, 0]) > 2_000)
+            if len(loud):
+                onset_ms = onset_ms if onset_ms is not None else sent * FRAME_MS + loud[0] / 48
+                end_ms = sent * FRAME_MS + loud[-1] / 48
+    assert timestamps == [480 * n for n in range(24)], "RTP timestamps count the track's samples from 0"
     assert onset_ms is not None and end_ms is not None
     delay_ms = onset_ms - lead_ms
-    assert 0 <= delay_ms < 10, f"the reply's first sound left {delay_ms:.1f} ms late (Opus's look-ahead is 6.5 ms)"
+    assert 0 <= delay_ms < 5, f"the reply's first sound left {delay_ms:.1f} ms late (the encoder looks 2.5 ms ahead)"
     assert abs(end_ms - onset_ms - tone_ms) < 3, "the whole reply is sent, its tail flushed by finish()"
     assert events == [("started", "resp_1"), ("stopped", "resp_1")]
     track.stop()
+
+
+def test_a_speculative_reply_answers_its_own_turn_and_its_late_transcript_is_not_the_next_ones():
+    """The latency event's spans start at the user turn a reply answers; a committed speculative reply
+    starts before its turn's final transcript, which used to be taken for the next reply's turn."""
+    from realtime_pipeline.server.rtc_call import ResponseTurns
+
+    turns = ResponseTurns()
+    turns.transcript(1)
+    turns.response_started("resp_1", 2, is_user_turn=False)  # a reply of its own after the transcript
+    turns.response_started("resp_2", 3, is_user_turn=True)  # speculative: turn 3 is the user's
+    turns.transcript(3)  # its final transcript comes after it started
+    turns.transcript(4)
+    turns.response_started("resp_3", 5, is_user_turn=False)
+    turns.response_started("resp_4", 6, is_user_turn=False)  # no transcript since (a client's response.create)
+    assert turns.turns == {"resp_1": (2, 1), "resp_2": (3, 3), "resp_3": (5, 4), "resp_4": (6, None)}

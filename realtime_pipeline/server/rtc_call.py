@@ -7,7 +7,7 @@ transport differs (see docs/webrtc.md):
   same way (``send_json`` / ``receive_text`` of :meth:`RealtimeSession.serve`);
 - the microphone track is the input audio (Opus 48 kHz, resampled by PyAV to
   the pipeline's 16 kHz), fed in as ``input_audio_buffer.append`` would;
-- the reply goes out on :class:`ReplyTrack` in 20 ms frames at 48 kHz instead of audio
+- the reply goes out on :class:`ReplyTrack` in 10 ms Opus packets instead of audio
   delta events; the track announces ``output_audio_buffer.started`` /
   ``stopped`` / ``cleared`` and is emptied at once on barge-in.
 
@@ -51,12 +51,22 @@ log = logging.getLogger(__name__)
 
 #: The data channel OpenAI's WebRTC flow carries events on.
 EVENTS_CHANNEL = "oai-events"
-#: One output frame: Opus's usual packet time, and the most a barge-in lets through.
-FRAME_MS = 20
+#: One output frame, and the most a barge-in lets through. Half Opus's usual 20 ms: a reply's
+#: first sound waits for the track's next tick (5 ms on average instead of 10), and the
+#: receiver's jitter buffer can hold less (NetEq's target is counted in packets). aiortc's own
+#: encoder only makes 20 ms packets, so the track encodes its frames itself (:class:`OpusPacketizer`).
+FRAME_MS = 10
 #: What the reply track sends: Opus's own rate. aiortc's encoder resamples anything else into
 #: whole 960-sample frames, and that holds every sample back one frame: 24 kHz input reached the
 #: encoder 20 ms late (an impulse at a frame's start left at the end of the next one).
 TRACK_SAMPLE_RATE_HZ = 48_000
+#: libopus's ``restricted-lowdelay`` mode (CELT only): 2.5 ms of look-ahead instead of the 6.5 ms
+#: of ``voip`` (aiortc's), measured through aiortc's decoder. Its speech is transparent at
+#: :data:`OPUS_BITRATE_BPS`; it gives up SILK's efficiency under ~20 kbit/s, which a reply track
+#: on a LAN or a broadband link does not need.
+OPUS_APPLICATION = "lowdelay"
+#: Mono, 64 kbit/s (aiortc's encoder: stereo 96 kbit/s of the same mono voice).
+OPUS_BITRATE_BPS = 64_000
 #: The packet time asked of the caller's microphone (``a=ptime`` in the answer, which browsers apply
 #: to their Opus encoder, RFC 8829 5.9). The user's last word waits for its packet to fill: 5 ms on
 #: average at 10 ms instead of 10 ms at Opus's usual 20 ms; the server's VAD reads 10 ms frames anyway.
@@ -132,13 +142,51 @@ def aiortc_version() -> str:
     return version("aiortc")
 
 
+class OpusPacketizer:
+    """Encodes the reply track's frames into one Opus packet each, ``FRAME_MS`` long.
+
+    The track hands aiortc these packets ready-made (aiortc sends an ``av.Packet`` as it is,
+    with its ``pts`` as the RTP timestamp), since aiortc's own encoder cuts 20 ms packets.
+    Encoding 10 ms takes ~0.1 ms, so it runs on the event loop rather than hopping to a thread.
+    """
+
+    def __init__(self, frame_samples: int, sample_rate_hz: int = TRACK_SAMPLE_RATE_HZ) -> None:
+        self.frame_samples = frame_samples
+        self.frame_ms = frame_samples * 1000 // sample_rate_hz
+        self.time_base = fractions.Fraction(1, sample_rate_hz)
+        self.codec = av.CodecContext.create("libopus", "w")
+        self.codec.bit_rate = OPUS_BITRATE_BPS
+        self.codec.format = "s16"
+        self.codec.layout = "mono"
+        self.codec.sample_rate = sample_rate_hz
+        self.codec.time_base = self.time_base
+        self.codec.options = {"application": OPUS_APPLICATION, "frame_duration": str(self.frame_ms)}
+
+    def encode(self, samples: np.ndarray, timestamp: int) -> av.Packet:
+        """One packet for one frame of int16 mono ``samples`` starting at ``timestamp`` (in samples)."""
+        if len(samples) != self.frame_samples:
+            raise ValueError(f"frames of {self.frame_samples} samples, got {len(samples)}")
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
+        frame.planes[0].update(np.ascontiguousarray(samples, dtype=np.int16).tobytes())
+        frame.pts = timestamp
+        frame.sample_rate = self.codec.sample_rate
+        frame.time_base = self.time_base
+        packets = self.codec.encode(frame)
+        if len(packets) != 1:  # libopus makes one packet per frame of frame_duration; anything else is a bug here
+            raise RuntimeError(f"the Opus encoder returned {len(packets)} packets for one {self.frame_ms} ms frame")
+        packet = packets[0]
+        packet.pts = timestamp  # ffmpeg's pts start at minus the encoder's look-ahead; RTP wants the frame's own
+        packet.time_base = self.time_base
+        return packet
+
+
 class ReplyTrack(MediaStreamTrack):
-    """The reply audio, sent in real time in ``FRAME_MS`` frames (silence when there is none).
+    """The reply audio, sent in real time in ``FRAME_MS`` Opus packets (silence when there is none).
 
     The session's player writes played blocks with :meth:`push` (at most its
     lead ahead of real time, at ``input_rate_hz``); the track resamples each
-    response as one stream to ``TRACK_SAMPLE_RATE_HZ``, so aiortc's encoder
-    takes the frames as they are. :meth:`clear` drops everything not yet sent,
+    response as one stream to ``TRACK_SAMPLE_RATE_HZ`` and encodes each frame
+    itself (:class:`OpusPacketizer`). :meth:`clear` drops everything not yet sent,
     so the next frame is silent. ``on_event(kind, response_id)`` gets
     ``started`` (first frame of a response sent), ``stopped`` (its last frame
     sent, once :meth:`finish` said no more is coming) and ``cleared``.
@@ -163,6 +211,7 @@ class ReplyTrack(MediaStreamTrack):
         self._timestamp = 0
         self.first_sent_s: dict[str, float] = {}
         self.first_pushed_s: dict[str, float] = {}
+        self._packetizer = OpusPacketizer(self.frame_samples, self.sample_rate_hz)
 
     def push(self, response_id: str, samples: np.ndarray) -> None:
         if len(samples):
@@ -227,7 +276,8 @@ class ReplyTrack(MediaStreamTrack):
             self._stop()
         return out
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.Packet:
+        """The next frame's Opus packet, at its time (``FRAME_MS`` after the last one)."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -236,13 +286,37 @@ class ReplyTrack(MediaStreamTrack):
         else:
             self._timestamp += self.frame_samples
             await asyncio.sleep(max(0.0, self._start_s + self._timestamp / self.sample_rate_hz - now))
-        samples = self._take()
-        frame = av.AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
-        frame.planes[0].update(samples.tobytes())
-        frame.pts = self._timestamp
-        frame.sample_rate = self.sample_rate_hz
-        frame.time_base = fractions.Fraction(1, self.sample_rate_hz)
-        return frame
+        return self._packetizer.encode(self._take(), self._timestamp)
+
+
+class ResponseTurns:
+    """Which user turn each response answers: the latency event's spans run from that turn's stamps.
+
+    A reply made by the session gets a turn of its own and answers the last transcribed user turn.
+    A committed speculative reply (made during the end-of-turn pause) *is* its user's turn, and
+    it starts before that turn's final transcript arrives: that late transcript must not be taken
+    for the next reply's (it was: the next reply's spans ran from the turn before, 13-17 s long,
+    in a benchmark run with speculation).
+    """
+
+    def __init__(self) -> None:
+        self.turns: dict[str, tuple[int, int | None]] = {}  # response id → (its turn, the user turn it answers)
+        self._pending: int | None = None
+        self._answered: set[int] = set()
+
+    def transcript(self, user_turn: int) -> None:
+        """A user turn's final transcript arrived (it awaits an answer unless one already started)."""
+        if user_turn not in self._answered:
+            self._pending = user_turn
+
+    def response_started(self, response_id: str, turn_id: int, *, is_user_turn: bool) -> None:
+        """``is_user_turn``: the response's own turn is the user's (a committed speculative reply)."""
+        answers = turn_id if is_user_turn else self._pending
+        if answers is not None:
+            self._answered.add(answers)
+            if answers == self._pending:
+                self._pending = None
+        self.turns[response_id] = (turn_id, answers)
 
 
 class WebRTCSession(RealtimeSession):
@@ -256,8 +330,7 @@ class WebRTCSession(RealtimeSession):
                          rate_limit=rate_limit)
         self.track = ReplyTrack(self._on_track_event)
         self.latency_events = latency_events
-        self._user_turn: int | None = None
-        self._turns: dict[str, tuple[int, int | None]] = {}  # response id → (its turn, the user turn it answers)
+        self.response_turns = ResponseTurns()
         self._last_response_id: str | None = None
 
     async def handle(self, text: str) -> None:
@@ -290,13 +363,14 @@ class WebRTCSession(RealtimeSession):
             self._emit_latency(response_id)
 
     def on_transcript(self, frame: TranscriptFinal) -> None:
-        self._user_turn = frame.turn_id
+        self.response_turns.transcript(frame.turn_id)
         super().on_transcript(frame)
 
     def _on_conversation_event(self, event: object) -> None:
         if isinstance(event, ResponseStarted):
-            self._turns[event.response.id] = (event.response.turn_id, self._user_turn)
-            self._user_turn = None
+            own = self.pipeline.tracer.turn(event.response.turn_id)
+            self.response_turns.response_started(event.response.id, event.response.turn_id,
+                                                 is_user_turn=own is not None and USER_SPEECH_END in own.stamps)
             self._last_response_id = event.response.id
         super()._on_conversation_event(event)
         if isinstance(event, (ResponseInterrupted, ResponsePaused)):
@@ -306,7 +380,7 @@ class WebRTCSession(RealtimeSession):
 
     def _emit_latency(self, response_id: str) -> None:
         """The turn's spans from the tracer (ms): what the page shows per turn."""
-        response_turn, user_turn = self._turns.get(response_id, (None, None))
+        response_turn, user_turn = self.response_turns.turns.get(response_id, (None, None))
         tracer = self.pipeline.tracer
         stamps: dict[str, float] = {}
         for turn_id in (user_turn, response_turn):

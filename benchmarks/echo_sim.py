@@ -19,6 +19,10 @@ Per mode:
 * ``missed``: the reply played on through the user's words;
 * ``self_interruptions``: the reply stopped where the user's own audio would not have
   started the VAD (under 2 voiced frames of it in the last 300 ms): the echo did;
+* ``barge_in_p50_ms_first_two`` / ``_later``: the median of each session's first two
+  interruptions (the room and the detector's line still being learnt) and of the rest;
+  ``--oracle-filter`` starts the double-talk filter as the room's true echo path, to see
+  what its learning costs;
 * ``wer`` (``--wer``): each user's words transcribed (Whisper, whole utterance at once) from what
   the echo stage gives the ASR, from the VAD's start less its prefix padding (the ASR's window).
 
@@ -77,6 +81,22 @@ REPLY_TEXTS = (
     "Mount Everest is the highest mountain on Earth, at almost nine thousand metres. It lies in the Himalayas, "
     "on the border between Nepal and China, and thousands of climbers try to reach its summit.",
 )
+
+
+def set_true_echo_path(stage: Any, room: EchoRoomSettings) -> None:
+    """The double-talk path's linear filter set to the room's own echo path (its delay, gain and
+    impulse response, cut to the filter's tail) before the session: an oracle, to see what a
+    filter that has nothing left to learn would change."""
+    linear = stage.linear
+    if linear is None:
+        raise ValueError("the oracle filter needs the double-talk mode")
+    taps = np.zeros(linear.partitions * linear.block)
+    response = room.response() * 10 ** (room.gain_db / 20)
+    delay = room.delay_ms * RATE // 1000
+    count = max(0, min(len(response), len(taps) - delay))
+    taps[delay : delay + count] = response[:count]
+    parts = taps.reshape(linear.partitions, linear.block)
+    linear._weights = np.fft.rfft(np.concatenate([parts, np.zeros_like(parts)], axis=1), axis=1)
 
 
 def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.ndarray]:
@@ -171,6 +191,7 @@ class Outcome:
     barge_in_ms: float | None  # None: not stopped by the user while it played
     self_interruptions: int
     heard: str | None = None  # what the ASR made of the user's words (with ``transcribe``)
+    index: int = 0  # the attempt's place in its session (0: the session's first reply)
 
 
 def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray], users: Sequence[User],
@@ -245,7 +266,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
             words = transcribe(for_asr[max(0, begin) : user_start + user.end + RATE * 3 // 10])
         outcomes.append(Outcome(user.name, long, playing_at_onset,
                                 1000.0 * (at - onset) / RATE if by_user and playing_at_onset else None, int(by_echo),
-                                words))
+                                words, index))
     return outcomes
 
 
@@ -254,10 +275,15 @@ def summary(outcomes: Sequence[Outcome], references: dict[str, str] | None = Non
     ASR heard from the users whose reply was playing."""
     latencies = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None]
     percentile = (lambda q: round(float(np.percentile(latencies, q)), 1)) if latencies else (lambda q: None)
+    first = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None and o.index < 2]
+    later = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None and o.index >= 2]
     missed = sum(1 for o in outcomes if o.playing and o.barge_in_ms is None and not o.self_interruptions)
     return {"attempts": len(outcomes), "measured": len(latencies), "missed": missed,
             "not_playing": sum(1 for o in outcomes if not o.playing),
             "barge_in_ms": {"p50": percentile(50), "p95": percentile(95), "max": percentile(100)},
+            # a session's first two replies (the echo path and the detector still being learnt) and the rest
+            "barge_in_p50_ms_first_two": round(float(np.median(first)), 1) if first else None,
+            "barge_in_p50_ms_later": round(float(np.median(later)), 1) if later else None,
             "self_interruptions": sum(o.self_interruptions for o in outcomes),
             "wer": None if references is None else word_error_rate(
                 [references[o.user] for o in outcomes if o.playing], [o.heard or "" for o in outcomes if o.playing])}
@@ -279,12 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prefix-padding-ms", type=int, default=VADSettings().prefix_padding_ms,
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
+    parser.add_argument("--oracle-filter", action="store_true",
+                        help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write per-attempt outcomes and summaries as JSON")
     args = parser.parse_args(argv)
     modes = args.modes.split(",")
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
         parser.error(f"unknown mode {', '.join(unknown)}: use {', '.join(MODES)}")
+    if args.oracle_filter and modes != ["double-talk"]:
+        parser.error("--oracle-filter goes with --modes double-talk")
     try:
         margin_db = None if args.aec_floor_margin_db == "off" else float(args.aec_floor_margin_db)
     except ValueError:
@@ -315,8 +345,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms, seed=seed))
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
             gate = {"min_interruption_ms": InterruptionSettings().min_interruption_while_speaking_ms} if mode == "gate" else {}
+            def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
+                stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr)
+                if args.oracle_filter:
+                    set_true_echo_path(stage, room)
+                return stage
+
             outcomes += simulate_session(
-                lambda: stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr), replies,
+                make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
                 transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}

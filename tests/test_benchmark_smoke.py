@@ -157,7 +157,8 @@ def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir:
 
 
 @pytest.mark.parametrize("argv, message", [(["--modes", "aec,nope"], "unknown mode nope"),
-                                           (["--aec-floor-margin-db", "loud"], "takes dB or 'off'")])
+                                           (["--aec-floor-margin-db", "loud"], "takes dB or 'off'"),
+                                           (["--oracle-filter"], "goes with --modes double-talk")])
 def test_echo_sim_rejects_bad_options_before_loading_anything(argv: list[str], message: str,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import echo_sim
@@ -181,3 +182,44 @@ def test_the_webrtc_benchmarks_pacing_view_weighs_half_seconds_as_neteq_does() -
     spiky = on_time.copy()
     spiky[::60] += 22.0  # one packet 22 ms late every 0.6 s: most half seconds hold one
     assert neteq_pacing_view(spiky, 10)["share_over_20_ms"] > 0.5
+
+
+def test_the_oracle_filter_is_the_rooms_own_echo_path() -> None:
+    """echo_sim --oracle-filter: the linear filter, set to the room's path, cancels its echo from the first block."""
+    from types import SimpleNamespace
+
+    from benchmarks.echo_sim import set_true_echo_path
+    from realtime_pipeline.double_talk import LinearEchoFilter
+    from realtime_pipeline.io.echo_room import EchoRoomSettings
+
+    room = EchoRoomSettings(delay_ms=60, gain_db=-6.0, rt60_ms=150.0, seed=2)  # its 400 ms response fits the tail
+    stage = SimpleNamespace(linear=LinearEchoFilter(tail_ms=500))
+    set_true_echo_path(stage, room)
+    far = np.random.default_rng(0).normal(0.0, 3000.0, 16_000)
+    echo = 10 ** (room.gain_db / 20) * np.convolve(np.concatenate([np.zeros(960), far]), room.response())[: len(far)]
+    residual = np.concatenate([stage.linear.process(echo[i : i + 160], far[i : i + 160], adapt=False)
+                               for i in range(0, len(far), 160)])
+    assert 10 * np.log10(np.mean(echo**2) / np.mean(residual**2)) > 60.0
+    with pytest.raises(ValueError, match="double-talk"):
+        set_true_echo_path(SimpleNamespace(linear=None), room)
+
+
+def test_echo_convergence_finds_the_delay_and_fits_the_path() -> None:
+    from benchmarks.echo_convergence import delay_samples, least_squares_fir
+
+    rng = np.random.default_rng(1)
+    far = rng.normal(0.0, 3000.0, 16_000)
+    path = np.array([0.0, 0.8, 0.0, -0.3, 0.1])
+    capture = np.convolve(np.concatenate([np.zeros(400), far]), path)[: len(far)]
+    delay = delay_samples(far, capture, 800)
+    assert delay == 401  # the 400-sample delay plus the path's leading zero tap
+    fir = least_squares_fir(far, capture, 399, 8, regularization=1e-9)
+    assert np.allclose(fir[:5], [0.0, 0.0, 0.8, 0.0, -0.3], atol=0.01)
+
+
+def test_echo_convergence_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import echo_convergence
+
+    with pytest.raises(SystemExit) as exit_info:
+        echo_convergence.main(["--times-s", "0.5,soon"])
+    assert exit_info.value.code == 2 and "comma-separated numbers" in capsys.readouterr().err

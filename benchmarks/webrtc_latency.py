@@ -28,11 +28,15 @@ process too. ``old_page_measured`` replays the page's former rule on its polls: 
 0.02 RMS too, i.e. where it gets loud (the mic's end is still taken at 0.02 RMS).
 
     flock /tmp/rp-bench.lock python -m benchmarks.webrtc_latency --json /tmp/webrtc_latency.json
+
+``--pin-browser`` keeps Chromium on the last CPU (the server free on all): on 2 shared cores the
+browser's jitter buffer follows the models' load, which a browser on another machine would not see.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -358,7 +362,71 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
             "received_lag_samples": lag, "frame_ms": FRAME_MS, "pacing": pacing}
 
 
-def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False) -> dict[str, Any]:
+class CorePinning:
+    """Keeps Chromium on the last CPU while it runs, re-applied every 0.5 s (it starts processes
+    and threads as the page loads); the server stays free on all of them.
+
+    A browser talking to a server on the same 2 cores competes with Whisper, the LLM and Piper,
+    and its jitter buffer grows (docs/webrtc.md). A user's browser runs on another machine.
+    Pinning the server to the other CPU instead starved it (Whisper's final pass took 16 s: its
+    and the LLM's thread pools on one core), so only the browser is moved.
+    """
+
+    def __init__(self) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise RuntimeError("--pin-browser needs at least 2 CPUs")
+        self.browser_cpus = {cpus[-1]}
+        self.browser_tasks = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="core-pinning", daemon=True)
+
+    @staticmethod
+    def _pin(pid: int, cpus: set[int]) -> int:
+        pinned = 0
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                os.sched_setaffinity(int(task.name), cpus)
+                pinned += 1
+            except (ProcessLookupError, PermissionError):  # a thread that just ended
+                continue
+        return pinned
+
+    def _browser_pids(self) -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    # Chromium rewrites its helpers' titles into one string: the program is up to the first space
+                    program = (entry / "cmdline").read_bytes().split(b"\0")[0].split(b" ")[0]
+                except OSError:
+                    continue
+                if Path(program.decode(errors="replace")).name.startswith("chrom"):  # chromium, chrome_crashpad_handler
+                    pids.append(int(entry.name))
+        return pids
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            count = 0
+            for pid in self._browser_pids():
+                try:
+                    count += self._pin(pid, self.browser_cpus)
+                except FileNotFoundError:  # the process ended
+                    continue
+            self.browser_tasks = max(self.browser_tasks, count)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> CorePinning:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
+        pin_browser: bool = False) -> dict[str, Any]:
     import uvicorn
 
     from realtime_pipeline.server import Engines, ServerOptions, SessionOptions, create_app, uvicorn_config
@@ -384,13 +452,16 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
         with tempfile.TemporaryDirectory() as tmp:
             mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
             epoch_offset_s = time.time() - time.monotonic()
-            page = anyio.run(functools.partial(talk_in_chromium, port, mic.path, Path(tmp) / "profile", len(clips), trace=True,
-                                               timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
+            with CorePinning() if pin_browser else contextlib.nullcontext() as pinning:
+                page = anyio.run(functools.partial(talk_in_chromium, port, mic.path, Path(tmp) / "profile", len(clips), trace=True,
+                                                   timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
+            browser_tasks = pinning.browser_tasks if pinning is not None else None
             drift_ms = 1000.0 * (time.time() - time.monotonic() - epoch_offset_s)
     finally:
         server.should_exit = True
         thread.join(timeout=30)
     result = analyse(mic, page, probe, epoch_offset_s)
+    result["pinned_browser_tasks"] = browser_tasks
     arrivals = [len(samples) for received in probe.inputs.values() for _, samples in received]
     result["mic_packet_ms"] = 1000.0 * statistics.median(arrivals) / INPUT_SAMPLE_RATE_HZ if arrivals else None
     result.update(load_before=load_before, load_after=os.getloadavg(), clock_drift_ms=drift_ms, stats=page["stats"],
@@ -407,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--aiortc-jitter-buffer", action="store_true",
                         help="keep aiortc's own audio jitter buffer on the microphone (4 frames held: the former behaviour)")
     parser.add_argument("--reply-frame-ms", type=int, choices=(10, 20), help="the reply track's packet time (default: rtc_call.FRAME_MS)")
+    parser.add_argument("--pin-browser", action="store_true",
+                        help="Chromium on the last CPU, the server free on all (closer to a browser on another machine)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
@@ -421,7 +494,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from realtime_pipeline.server import rtc_call
 
         rtc_call.decode_on_arrival = lambda receiver: None  # type: ignore[assignment]  # (before the probe wraps it)
-    result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed, aiortc_jitter_buffer=args.aiortc_jitter_buffer)
+    if args.pin_browser and len(os.sched_getaffinity(0)) < 2:
+        parser.error("--pin-browser needs at least 2 CPUs")
+    result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed,
+                 aiortc_jitter_buffer=args.aiortc_jitter_buffer, pin_browser=args.pin_browser)
     rows = result["rows"]
     print(f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
           f"{len(rows)} turns of {len(clips)} clips; WAV start found at level correlation {result['wav_start_level_correlation']:.3f}, "
@@ -429,6 +505,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if result["unmeasured_responses"]:
         print(f"responses without a measured reply (cancelled or silent; their stamps): {result['unmeasured_responses']}")
     stats = result["stats"]
+    if result.get("pinned_browser_tasks") is not None:
+        print(f"pinned: Chromium's {result['pinned_browser_tasks']} threads on the last CPU, the server on all")
     print(f"browser: jitter buffer {stats.get('jitterBufferMs')} ms (target {stats.get('jitterBufferTargetMs')}), playout delay {stats.get('playoutDelayMs')} ms, "
           f"AudioContext latency {stats.get('audioContextLatencyMs')} ms, RTT {stats.get('rttMs')} ms, lost {stats.get('packetsLost')}")
     print(f"microphone packets: {result['mic_packet_ms']} ms of audio each (median), {result['mic_packets_dropped_late']} dropped as late by the server; "

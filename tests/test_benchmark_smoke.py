@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -223,3 +224,24 @@ def test_echo_convergence_rejects_bad_options(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exit_info:
         echo_convergence.main(["--times-s", "0.5,soon"])
     assert exit_info.value.code == 2 and "comma-separated numbers" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_webrtc_benchmark_keeps_the_browser_on_one_core() -> None:
+    """--pin-browser: any process named chrom* on the last CPU; this process (the server) left alone."""
+    import time
+
+    from benchmarks.webrtc_latency import CorePinning
+
+    before = os.sched_getaffinity(0)
+    browser = subprocess.Popen(["chromium-stand-in", "30"], executable="sleep")
+    try:
+        with CorePinning() as pinning:
+            deadline = time.monotonic() + 10
+            while pinning.browser_tasks == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert os.sched_getaffinity(browser.pid) == pinning.browser_cpus == {max(before)}
+            assert os.sched_getaffinity(0) == before
+    finally:
+        browser.kill()
+        browser.wait()

@@ -21,7 +21,7 @@ turn the instants below are put on the system clock (the page's
 - ``R``: the page's first reply poll above that threshold.
 
 WebRTC's own share is ``(S_in - T0) + (F1 - F) + (R - L)``: the way in, the
-track's wait for its next tick (``rtc_call.FRAME_MS``), and the way out (Opus, loopback, the
+track's wait for its next tick (its packet time), and the way out (Opus, loopback, the
 browser's jitter buffer, playout, the page's analyser). ``L - F1`` is the
 reply's silent start (the TTS's leading zeros), which a loudspeaker would play after ``F`` in
 process too. ``old_page_measured`` replays the page's former rule on its polls: the reply's onset at
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -338,13 +339,12 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
             "webrtc_added": (s_in - t0) + (f1 - f) + (r - onset),
             "old_page_measured": old_r - p, "browser_minus_server": (r - p) - (f - v),
         })
-    from realtime_pipeline.server.rtc_call import FRAME_MS
-
+    frame_ms = session.track.frame_ms
     sent = np.asarray([t for t, _, _ in probe.frames])
-    behind_ms = 1000.0 * sent - FRAME_MS * np.arange(len(sent))
+    behind_ms = 1000.0 * sent - frame_ms * np.arange(len(sent))
     behind_ms -= behind_ms.min()  # how late each frame went out against the track's schedule
     gaps = np.diff(behind_ms)
-    pacing = neteq_pacing_view(1000.0 * sent, FRAME_MS)
+    pacing = neteq_pacing_view(1000.0 * sent, frame_ms)
     # the pacing NetEq had just seen when each reply began: the turn's end is when the server works hardest
     # (final transcript, the LLM's prompt, the first synthesis), and NetEq's newest half seconds weigh most
     for row in rows:
@@ -359,7 +359,7 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
     return {"rows": rows, "unmeasured_responses": unmeasured, "mic_packets_dropped_late": [getattr(b, "dropped_late", None) for b in probe.buffers], "frames_sent": len(sent), "events": probe.events, "stalls": stalls,
             "frame_lateness_ms": {"p50": float(np.percentile(behind_ms, 50)), "p95": float(np.percentile(behind_ms, 95)),
                                   "p99": float(np.percentile(behind_ms, 99)), "max": float(behind_ms.max())}, "wav_start_level_correlation": level_match, "received_correlation": peak,
-            "received_lag_samples": lag, "frame_ms": FRAME_MS, "pacing": pacing}
+            "received_lag_samples": lag, "frame_ms": frame_ms, "pacing": pacing}
 
 
 class CorePinning:
@@ -426,7 +426,7 @@ class CorePinning:
 
 
 def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
-        pin_browser: bool = False) -> dict[str, Any]:
+        pin_browser: bool = False, packet_ms: int | None = None) -> dict[str, Any]:
     import uvicorn
 
     from realtime_pipeline.server import Engines, ServerOptions, SessionOptions, create_app, uvicorn_config
@@ -437,7 +437,10 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
     engines = Engines.create(seed=seed)
     anyio.run(engines.load)
     instructions = f"Answer in one short sentence. {SessionOptions().instructions}"
-    options = ServerOptions(api_key="local", session=SessionOptions(output_lead_ms=output_lead_ms, instructions=instructions))
+    session_options = SessionOptions(output_lead_ms=output_lead_ms, instructions=instructions)
+    if packet_ms is not None:
+        session_options = dataclasses.replace(session_options, webrtc_packet_ms=packet_ms)
+    options = ServerOptions(api_key="local", session=session_options)
     port = free_port()
     server = uvicorn.Server(uvicorn_config(create_app(engines, options), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -477,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gap-s", type=float, default=9.0, help="silence after each clip (time for the answer)")
     parser.add_argument("--aiortc-jitter-buffer", action="store_true",
                         help="keep aiortc's own audio jitter buffer on the microphone (4 frames held: the former behaviour)")
-    parser.add_argument("--reply-frame-ms", type=int, choices=(10, 20), help="the reply track's packet time (default: rtc_call.FRAME_MS)")
+    parser.add_argument("--reply-frame-ms", type=int, choices=(10, 20), help="the reply track's packet time (default: SessionOptions.webrtc_packet_ms)")
     parser.add_argument("--pin-browser", action="store_true",
                         help="Chromium on the last CPU, the server free on all (closer to a browser on another machine)")
     parser.add_argument("--seed", type=int, default=0)
@@ -486,10 +489,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing (scripts/setup.sh installs Debian's chromium)")
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
-    if args.reply_frame_ms is not None:
-        from realtime_pipeline.server import rtc_call
-
-        rtc_call.FRAME_MS = args.reply_frame_ms  # read by each call's ReplyTrack
     if args.aiortc_jitter_buffer:
         from realtime_pipeline.server import rtc_call
 
@@ -497,7 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pin_browser and len(os.sched_getaffinity(0)) < 2:
         parser.error("--pin-browser needs at least 2 CPUs")
     result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed,
-                 aiortc_jitter_buffer=args.aiortc_jitter_buffer, pin_browser=args.pin_browser)
+                 aiortc_jitter_buffer=args.aiortc_jitter_buffer, pin_browser=args.pin_browser, packet_ms=args.reply_frame_ms)
     rows = result["rows"]
     print(f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
           f"{len(rows)} turns of {len(clips)} clips; WAV start found at level correlation {result['wav_start_level_correlation']:.3f}, "

@@ -358,17 +358,19 @@ def test_microphone_packets_are_decoded_on_arrival():
     assert buffer.dropped_late == 2
 
 
-async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay():
-    """The track sends 48 kHz itself in 10 ms Opus packets of its own (aiortc's encoder resampled 24 kHz
-    into whole 20 ms frames a frame late, and its ``voip`` mode looks 6.5 ms ahead)."""
+@pytest.mark.parametrize("frame_ms", [10, 20])
+async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay(frame_ms: int):
+    """The track sends 48 kHz itself in Opus packets of its own, 10 ms by default (aiortc's encoder resampled
+    24 kHz into whole 20 ms frames a frame late, and its ``voip`` mode looks 6.5 ms ahead)."""
     from aiortc.codecs.opus import OpusDecoder
     from aiortc.jitterbuffer import JitterFrame
 
     from realtime_pipeline.server.rtc_call import FRAME_MS, ReplyTrack
+    from realtime_pipeline.server.session import SessionOptions
 
-    assert FRAME_MS == 10
+    assert FRAME_MS == SessionOptions().webrtc_packet_ms == 10
     events: list[tuple[str, str]] = []
-    track = ReplyTrack(lambda kind, response_id: events.append((kind, response_id)), input_rate_hz=24_000)
+    track = ReplyTrack(lambda kind, response_id: events.append((kind, response_id)), input_rate_hz=24_000, frame_ms=frame_ms)
     lead_ms, tone_ms = 40, 100
     t = np.arange(24 * tone_ms) / 24_000
     reply = np.concatenate([np.zeros(24 * lead_ms), 10_000 * np.sin(2 * np.pi * 1000 * t)]).astype(np.int16)
@@ -378,22 +380,25 @@ async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay():
     decoder = OpusDecoder()
     onset_ms = end_ms = None
     timestamps = []
-    for sent in range(24):  # packet n leaves at n * 10 ms; a sample plays at its packet's send time + its place in it
+    packets = 240 // frame_ms
+    for sent in range(packets):  # packet n leaves at n * frame_ms; a sample plays at its packet's send time + its place in it
         packet = await track.recv()
         timestamps.append(packet.pts)
         for out in decoder.decode(JitterFrame(data=bytes(packet), timestamp=packet.pts)):
-            assert out.samples == 480, "one 10 ms frame per packet"
+            assert out.samples == 48 * frame_ms, "one frame per packet"
             loud = np.flatnonzero(np.abs(out.to_ndarray().reshape(-1, 2)[:, 0]) > 2_000)
             if len(loud):
-                onset_ms = onset_ms if onset_ms is not None else sent * FRAME_MS + loud[0] / 48
-                end_ms = sent * FRAME_MS + loud[-1] / 48
-    assert timestamps == [480 * n for n in range(24)], "RTP timestamps count the track's samples from 0"
+                onset_ms = onset_ms if onset_ms is not None else sent * frame_ms + loud[0] / 48
+                end_ms = sent * frame_ms + loud[-1] / 48
+    assert timestamps == [48 * frame_ms * n for n in range(packets)], "RTP timestamps count the track's samples from 0"
     assert onset_ms is not None and end_ms is not None
     delay_ms = onset_ms - lead_ms
     assert 0 <= delay_ms < 5, f"the reply's first sound left {delay_ms:.1f} ms late (the encoder looks 2.5 ms ahead)"
     assert abs(end_ms - onset_ms - tone_ms) < 3, "the whole reply is sent, its tail flushed by finish()"
     assert events == [("started", "resp_1"), ("stopped", "resp_1")]
     track.stop()
+    with pytest.raises(ValueError, match="10 or 20 ms"):
+        ReplyTrack(lambda kind, response_id: None, frame_ms=15)
 
 
 def test_a_speculative_reply_answers_its_own_turn_and_its_late_transcript_is_not_the_next_ones():

@@ -56,6 +56,10 @@ EVENTS_CHANNEL = "oai-events"
 #: receiver's jitter buffer can hold less (NetEq's target is counted in packets). aiortc's own
 #: encoder only makes 20 ms packets, so the track encodes its frames itself (:class:`OpusPacketizer`).
 FRAME_MS = 10
+#: The reply packet times a server may choose (``SessionOptions.webrtc_packet_ms``): 10 ms waits
+#: less; 20 ms costs half the CPU (a call's two peers, measured: 5.5-6.8 % of a core at 20 ms,
+#: 11.4-12.2 % at 10 ms; aiortc's per-packet work is Python) for many calls on a small machine.
+PACKET_MS_CHOICES = (10, 20)
 #: What the reply track sends: Opus's own rate. aiortc's encoder resamples anything else into
 #: whole 960-sample frames, and that holds every sample back one frame: 24 kHz input reached the
 #: encoder 20 ms late (an impulse at a frame's start left at the end of the next one).
@@ -143,7 +147,7 @@ def aiortc_version() -> str:
 
 
 class OpusPacketizer:
-    """Encodes the reply track's frames into one Opus packet each, ``FRAME_MS`` long.
+    """Encodes the reply track's frames into one Opus packet each, a frame long.
 
     The track hands aiortc these packets ready-made (aiortc sends an ``av.Packet`` as it is,
     with its ``pts`` as the RTP timestamp), since aiortc's own encoder cuts 20 ms packets.
@@ -181,7 +185,7 @@ class OpusPacketizer:
 
 
 class ReplyTrack(MediaStreamTrack):
-    """The reply audio, sent in real time in ``FRAME_MS`` Opus packets (silence when there is none).
+    """The reply audio, sent in real time in ``frame_ms`` Opus packets (silence when there is none).
 
     The session's player writes played blocks with :meth:`push` (at most its
     lead ahead of real time, at ``input_rate_hz``); the track resamples each
@@ -194,11 +198,16 @@ class ReplyTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, on_event: Callable[[str, str], None], input_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ) -> None:
+    def __init__(self, on_event: Callable[[str, str], None], input_rate_hz: int = OUTPUT_SAMPLE_RATE_HZ,
+                 frame_ms: int | None = None) -> None:
         super().__init__()
+        frame_ms = FRAME_MS if frame_ms is None else frame_ms
+        if frame_ms not in PACKET_MS_CHOICES:
+            raise ValueError(f"reply packets of {' or '.join(map(str, PACKET_MS_CHOICES))} ms, got {frame_ms}")
+        self.frame_ms = frame_ms
         self.input_rate_hz = input_rate_hz
         self.sample_rate_hz = TRACK_SAMPLE_RATE_HZ
-        self.frame_samples = self.sample_rate_hz * FRAME_MS // 1000
+        self.frame_samples = self.sample_rate_hz * frame_ms // 1000
         self.on_event = on_event
         self._queue: deque[tuple[str, np.ndarray]] = deque()
         # One stream per response: its filter state runs across the player's blocks (no clicks at
@@ -277,7 +286,7 @@ class ReplyTrack(MediaStreamTrack):
         return out
 
     async def recv(self) -> av.Packet:
-        """The next frame's Opus packet, at its time (``FRAME_MS`` after the last one)."""
+        """The next frame's Opus packet, at its time (``frame_ms`` after the last one)."""
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
@@ -328,7 +337,7 @@ class WebRTCSession(RealtimeSession):
         # The track plays in real time, so the player must be paced for barge-in to know what was heard.
         super().__init__(engines, dialect, send_json, model=model, options=dataclasses.replace(options, pace_output=True),
                          rate_limit=rate_limit)
-        self.track = ReplyTrack(self._on_track_event)
+        self.track = ReplyTrack(self._on_track_event, frame_ms=options.webrtc_packet_ms)
         self.latency_events = latency_events
         self.response_turns = ResponseTurns()
         self._last_response_id: str | None = None

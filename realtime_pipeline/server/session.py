@@ -91,6 +91,9 @@ class SessionOptions:
     instructions: str = DEFAULT_SYSTEM_PROMPT
     #: Barge-in: the library's policy (pause at once, cancel on words, resume on no words).
     interruptions: InterruptionSettings = field(default_factory=InterruptionSettings)
+    #: WebRTC calls: the reply track's Opus packet time, 10 or 20 ms (``rtc_call.FRAME_MS``: 10 waits
+    #: less, 20 costs half the CPU per call; docs/webrtc.md).
+    webrtc_packet_ms: int = 10
 
 
 class RealtimeSession(ClientEventsMixin, ResponsesMixin):

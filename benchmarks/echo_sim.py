@@ -95,8 +95,7 @@ def set_true_echo_path(stage: Any, room: EchoRoomSettings) -> None:
     delay = room.delay_ms * RATE // 1000
     count = max(0, min(len(response), len(taps) - delay))
     taps[delay : delay + count] = response[:count]
-    parts = taps.reshape(linear.partitions, linear.block)
-    linear._weights = np.fft.rfft(np.concatenate([parts, np.zeros_like(parts)], axis=1), axis=1)
+    linear.set_taps(taps)
 
 
 def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.ndarray]:

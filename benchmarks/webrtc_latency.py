@@ -363,8 +363,8 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
 
 
 class CorePinning:
-    """Keeps Chromium on the last CPU while it runs, re-applied every 0.5 s (it starts processes
-    and threads as the page loads); the server stays free on all of them.
+    """Keeps this process's Chromium on the last CPU while it runs, re-applied every 0.5 s (it
+    starts processes and threads as the page loads); the server stays free on all of them.
 
     A browser talking to a server on the same 2 cores competes with Whisper, the LLM and Piper,
     and its jitter buffer grows (docs/webrtc.md). A user's browser runs on another machine.
@@ -381,37 +381,24 @@ class CorePinning:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="core-pinning", daemon=True)
 
-    @staticmethod
-    def _pin(pid: int, cpus: set[int]) -> int:
-        pinned = 0
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                os.sched_setaffinity(int(task.name), cpus)
-                pinned += 1
-            except (ProcessLookupError, PermissionError):  # a thread that just ended
-                continue
-        return pinned
-
-    def _browser_pids(self) -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    # Chromium rewrites its helpers' titles into one string: the program is up to the first space
-                    program = (entry / "cmdline").read_bytes().split(b"\0")[0].split(b" ")[0]
-                except OSError:
-                    continue
-                if Path(program.decode(errors="replace")).name.startswith("chrom"):  # chromium, chrome_crashpad_handler
-                    pids.append(int(entry.name))
-        return pids
-
     def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process()
         while not self._stop.is_set():
             count = 0
-            for pid in self._browser_pids():
+            # this benchmark's own Chromium only (Playwright's driver starts it): never another user's browser
+            for process in me.children(recursive=True):
                 try:
-                    count += self._pin(pid, self.browser_cpus)
-                except FileNotFoundError:  # the process ended
+                    if not process.name().startswith("chrom"):  # chromium, chrome_crashpad_handler
+                        continue
+                    for thread in process.threads():  # every thread: affinity is per thread on Linux
+                        try:
+                            os.sched_setaffinity(thread.id, self.browser_cpus)
+                            count += 1
+                        except ProcessLookupError:  # a thread that just ended
+                            continue
+                except psutil.NoSuchProcess:  # a process that just ended
                     continue
             self.browser_tasks = max(self.browser_tasks, count)
             self._stop.wait(0.5)

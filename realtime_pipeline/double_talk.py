@@ -99,6 +99,14 @@ class LinearEchoFilter:
         taps[:, self.block:] = 0.0  # the gradient constraint: a linear, not circular, convolution
         self._weights += np.fft.rfft(taps, axis=1)
 
+    def set_taps(self, taps: np.ndarray) -> None:
+        """Replaces the echo path estimate with ``taps``: the impulse response over the whole tail
+        (``partitions * block`` samples from lag 0), e.g. a known one (``echo_sim --oracle-filter``)."""
+        if len(taps) != self.partitions * self.block:
+            raise ValueError(f"{self.partitions * self.block} taps, got {len(taps)}")
+        parts = np.asarray(taps, dtype=np.float64).reshape(self.partitions, self.block)
+        self._weights = np.fft.rfft(np.concatenate([parts, np.zeros_like(parts)], axis=1), axis=1)
+
     def process(self, capture: np.ndarray, reference: np.ndarray, *, adapt: bool = True) -> np.ndarray:
         """:meth:`cancel` then :meth:`adapt`."""
         residual = self.cancel(capture, reference)

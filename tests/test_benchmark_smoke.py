@@ -203,6 +203,8 @@ def test_the_oracle_filter_is_the_rooms_own_echo_path() -> None:
     assert 10 * np.log10(np.mean(echo**2) / np.mean(residual**2)) > 60.0
     with pytest.raises(ValueError, match="double-talk"):
         set_true_echo_path(SimpleNamespace(linear=None), room)
+    with pytest.raises(ValueError, match="8000 taps, got 10"):
+        stage.linear.set_taps(np.zeros(10))
 
 
 def test_echo_convergence_finds_the_delay_and_fits_the_path() -> None:
@@ -227,14 +229,20 @@ def test_echo_convergence_rejects_bad_options(capsys: pytest.CaptureFixture[str]
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
-def test_webrtc_benchmark_keeps_the_browser_on_one_core() -> None:
-    """--pin-browser: any process named chrom* on the last CPU; this process (the server) left alone."""
+def test_webrtc_benchmark_keeps_the_browser_on_one_core(tmp_path: Path) -> None:
+    """--pin-browser: its own chrom* child processes on the last CPU, nobody else's; this process left alone."""
+    import shutil
     import time
 
     from benchmarks.webrtc_latency import CorePinning
 
+    stand_in = tmp_path / "chromium-stand-in"  # a process's name is its program's (as Chromium's are)
+    stand_in.symlink_to(shutil.which("sleep"))
     before = os.sched_getaffinity(0)
-    browser = subprocess.Popen(["chromium-stand-in", "30"], executable="sleep")
+    browser = subprocess.Popen([str(stand_in), "30"])
+    # another user's browser: not a child of this process (the shell that started it has exited)
+    stranger = int(subprocess.run(f"{stand_in} 30 > /dev/null 2>&1 & echo $!", shell=True,
+                                  capture_output=True, text=True, check=True).stdout)
     try:
         with CorePinning() as pinning:
             deadline = time.monotonic() + 10
@@ -242,6 +250,8 @@ def test_webrtc_benchmark_keeps_the_browser_on_one_core() -> None:
                 time.sleep(0.05)
             assert os.sched_getaffinity(browser.pid) == pinning.browser_cpus == {max(before)}
             assert os.sched_getaffinity(0) == before
+            assert os.sched_getaffinity(stranger) == before
     finally:
         browser.kill()
         browser.wait()
+        os.kill(stranger, 9)

@@ -399,6 +399,8 @@ async def test_the_reply_track_reaches_the_decoder_without_a_frame_of_delay(fram
     track.stop()
     with pytest.raises(ValueError, match="10 or 20 ms"):
         ReplyTrack(lambda kind, response_id: None, frame_ms=15)
+    with pytest.raises(ValueError, match="webrtc_packet_ms must be 10 or 20"):
+        SessionOptions(webrtc_packet_ms=15)  # a server's bad setting fails at start, not on each call
 
 
 def test_a_speculative_reply_answers_its_own_turn_and_its_late_transcript_is_not_the_next_ones():

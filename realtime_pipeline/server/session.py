@@ -95,6 +95,10 @@ class SessionOptions:
     #: less, 20 costs half the CPU per call; docs/webrtc.md).
     webrtc_packet_ms: int = 10
 
+    def __post_init__(self) -> None:
+        if self.webrtc_packet_ms not in (10, 20):  # rtc_call.PACKET_MS_CHOICES (aiortc is an optional extra)
+            raise ValueError(f"webrtc_packet_ms must be 10 or 20, got {self.webrtc_packet_ms}")
+
 
 class RealtimeSession(ClientEventsMixin, ResponsesMixin):
     """One connection: client events in (:class:`ClientEventsMixin`), responses (:class:`ResponsesMixin`),

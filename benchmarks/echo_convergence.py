@@ -9,10 +9,11 @@ measures what a different learner could do with the same data, offline, on echo 
 * ``nlms``: the current filter, run causally; its ERLE over the 250 ms after ``t``;
 * ``ls N ms``: the echo's delay found by GCC-PHAT over the first ``t`` seconds, then an
   ``N`` ms FIR from just before that delay fitted by least squares (autocorrelation method)
-  over the same ``t`` seconds; its ERLE on the 250 ms after ``t``, which it has not seen.
+  over the same ``t`` seconds; its ERLE on the 250 ms after ``t``, which it has not seen. The
+  functions are the echo stage's own (``realtime_pipeline.echo_path_fit``, which refits the
+  double-talk filter this way as echo comes in).
 
-Research, not a feature: it answers whether the first second of a session is limited by the
-data or by the learner. ::
+It answers whether the first second of a session is limited by the data or by the learner. ::
 
     python -m benchmarks.echo_convergence
 """
@@ -27,34 +28,13 @@ import numpy as np
 
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ
 from realtime_pipeline.double_talk import LinearEchoFilter
+from realtime_pipeline.echo_path_fit import echo_delay_samples, least_squares_fir
 
 from .echo_sim import ROOMS, synthesize_replies
 
 RATE = INPUT_SAMPLE_RATE_HZ
 HELD_OUT_S = 0.25
 MAX_DELAY_MS = 250
-
-
-def delay_samples(reference: np.ndarray, capture: np.ndarray, max_delay: int) -> int:
-    """The lag (0..max_delay) at which ``capture`` best matches ``reference`` (GCC-PHAT)."""
-    n = 1 << int(np.ceil(np.log2(len(reference) + max_delay)))
-    cross = np.fft.rfft(capture, n) * np.conj(np.fft.rfft(reference, n))
-    cross /= np.abs(cross) + 1e-9
-    return int(np.argmax(np.abs(np.fft.irfft(cross, n)[:max_delay])))
-
-
-def least_squares_fir(reference: np.ndarray, capture: np.ndarray, start: int, taps: int,
-                      regularization: float = 1e-3) -> np.ndarray:
-    """FIR ``h`` with ``capture[n] ~ sum_k h[k] reference[n - start - k]`` (autocorrelation method)."""
-    shifted = np.concatenate([np.zeros(start), reference])[: len(capture)]
-    n = 1 << int(np.ceil(np.log2(2 * len(capture))))
-    spectrum = np.fft.rfft(shifted, n)
-    autocorrelation = np.fft.irfft(np.abs(spectrum) ** 2, n)[:taps]
-    cross = np.fft.irfft(np.fft.rfft(capture, n) * np.conj(spectrum), n)[:taps]
-    lags = np.abs(np.arange(taps)[:, None] - np.arange(taps)[None, :])
-    matrix = autocorrelation[lags]
-    matrix[np.diag_indices(taps)] += regularization * autocorrelation[0] + 1e-6
-    return np.linalg.solve(matrix, cross)
 
 
 def erle_db(capture: np.ndarray, residual: np.ndarray) -> float:
@@ -73,7 +53,7 @@ def room_curves(reference: np.ndarray, capture: np.ndarray, times_s: Sequence[fl
         seen = int(t * RATE)
         after = slice(seen, seen + held)
         curves["nlms"].append(round(erle_db(capture[after], residual[after]), 1))
-        delay = delay_samples(reference[:seen], capture[:seen], MAX_DELAY_MS * RATE // 1000)
+        delay = echo_delay_samples(reference[:seen], capture[:seen], MAX_DELAY_MS * RATE // 1000)
         start = max(0, delay - RATE // 500)  # 2 ms before the direct path
         padded = np.concatenate([np.zeros(start), reference])
         for ms in fir_ms:

@@ -10,7 +10,9 @@ the echo stage (the real AEC3 through ``EchoCancellation.process``), the VAD's r
 after the step in which the user has ``min_interruption_ms`` of voiced audio. The replies are
 Piper's (synthesized once), the users the bundled speech files; the same seed gives the
 same session. As in the live benchmark most users start 400 ms into a reply; every
-third one starts 2.5-8 s in (long stretches of echo alone, replies ending).
+third one starts 2.5-8 s in (long stretches of echo alone, replies ending); ``--long-every 0``
+starts every one 400 ms in, as the live benchmark does (the double-talk filter then has ~0.5 s
+of echo alone per reply to learn from).
 
 Per mode:
 
@@ -107,15 +109,18 @@ def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.
     return replies
 
 
-def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB, residual_for_asr: bool = True) -> Any:
+def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB, residual_for_asr: bool = True,
+              echo_path_fit: bool = True) -> Any:
     """A fresh echo stage (offline: its ``process`` is called directly); ``aec_floor_margin_db``
     is the double-talk detector's (None: no AEC3 floor veto, as before 2026-12-04),
-    ``residual_for_asr`` the stage's (False: the ASR hears what the VAD hears)."""
+    ``residual_for_asr`` and ``echo_path_fit`` the stage's (False: the ASR hears what the VAD
+    hears; the NLMS filter learns alone, as before 2026-12-05)."""
     output = MemoryOutput(RATE)
     if mode == "aec":
         return EchoCancellation(output, canceller=EchoCanceller(), double_talk=False)
     if mode == "double-talk":
-        stage = EchoCancellation(output, canceller=EchoCanceller(), double_talk=True, residual_for_asr=residual_for_asr)
+        stage = EchoCancellation(output, canceller=EchoCanceller(), double_talk=True, residual_for_asr=residual_for_asr,
+                                 echo_path_fit=echo_path_fit)
         assert stage.near_end is not None
         stage.near_end.aec_floor_margin_db = aec_floor_margin_db
         return stage
@@ -294,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=8, help="sessions per mode (seeds 0..N-1; rooms cycle)")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--attempts", type=int, default=12, help="interruptions per session")
+    parser.add_argument("--long-every", type=int, default=3,
+                        help="every Nth user starts 2.5-8 s into the reply, the others 400 ms in (0: all 400 ms in, as the live benchmark)")
     parser.add_argument("--noise-dbfs", type=float, default=None, help="white noise at the microphone")
     parser.add_argument("--echo-delay-ms", type=int, default=None, help="one room for every session (else the three of ROOMS)")
     parser.add_argument("--echo-gain-db", type=float, default=0.0)
@@ -303,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wer", action="store_true", help="transcribe each user from what the ASR gets (Whisper) and report the WER")
     parser.add_argument("--prefix-padding-ms", type=int, default=VADSettings().prefix_padding_ms,
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
+    parser.add_argument("--no-echo-path-fit", action="store_true",
+                        help="double talk: the NLMS filter learns alone, no least-squares fits (as before 2026-12-05)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -312,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [mode for mode in modes if mode not in MODES]
     if unknown:
         parser.error(f"unknown mode {', '.join(unknown)}: use {', '.join(MODES)}")
+    if args.long_every < 0:
+        parser.error(f"--long-every must be 0 or more, got {args.long_every}")
     if args.oracle_filter and modes != ["double-talk"]:
         parser.error("--oracle-filter goes with --modes double-talk")
     try:
@@ -345,7 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
             gate = {"min_interruption_ms": InterruptionSettings().min_interruption_while_speaking_ms} if mode == "gate" else {}
             def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
-                stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr)
+                stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr,
+                                  echo_path_fit=not args.no_echo_path_fit)
                 if args.oracle_filter:
                     set_true_echo_path(stage, room)
                 return stage
@@ -353,7 +365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes += simulate_session(
                 make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
-                transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, **gate)
+                transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

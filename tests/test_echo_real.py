@@ -181,26 +181,28 @@ def _erle_on_a_fresh_reply(stage: EchoCancellation, played: np.ndarray, room: Ec
     return float(10 * np.log10(np.sum(echo[heard] ** 2) / max(float(np.sum(residual[heard] ** 2)), 1e-9)))
 
 
-def test_users_who_interrupt_every_reply_early_still_let_the_filter_learn_the_room(tts):
-    # Every user 400 ms into the reply (``--long-every 0``, as the live barge-in benchmark): ~0.5 s
-    # of echo alone per reply. After five such replies the NLMS filter alone had removed 3-10 dB
-    # (echo_sim, seeds 0-2), under the detector's 12 dB, so the users waited for AEC3's
-    # suppressor; the least-squares fits over all five replies' echo remove 15-40 dB.
+def test_replies_cut_short_still_teach_the_filter_the_room(tts):
+    # Each reply stops 0.5 s in, as when a user interrupts every reply early (the live barge-in
+    # benchmark: ~0.5 s of echo alone per reply), silence between them. After four such replies
+    # the NLMS filter removed 13-16 dB from a reply it had not heard, the least-squares fits over
+    # all four 34-37 dB (5 runs; Piper's replies vary from run to run).
     from benchmarks import echo_sim
 
     *replies, fresh = echo_sim.synthesize_replies(tts, echo_sim.REPLY_TEXTS[:5])  # the last one is not played
-    users = [echo_sim.load_user(SPEECH_DIR / name) for name in SESSION_USERS[:5]]
     room = echo_sim.ROOMS[0]
-    stages: dict[bool, EchoCancellation] = {}
+    delay = room.delay_ms * RATE // 1000
+    response = room.response() * 10 ** (room.gain_db / 20)
+    played = np.concatenate([np.concatenate([reply[: RATE // 2], np.zeros(2 * RATE)]) for reply in replies])
+    echo = np.convolve(np.concatenate([np.zeros(delay), played]), response)[: len(played)]
+    capture = np.clip(np.round(echo), -32768, 32767).astype(np.int16)
+    reference = played.astype(np.int16)
+    stages = {}
     for fit in (False, True):
-        def make(fit: bool = fit) -> EchoCancellation:
-            stages[fit] = echo_sim.stage_for("double-talk", echo_path_fit=fit)
-            return stages[fit]
-
-        session = echo_sim.simulate_session(make, replies, users, room, seed=SESSION_SEED, long_every=0)
-        assert sum(o.self_interruptions for o in session) == 0, fit
+        stage = stages[fit] = echo_sim.stage_for("double-talk", echo_path_fit=fit)
+        for start in range(0, len(capture) // 320 * 320, 320):
+            stage.process(start, capture[start : start + 320], reference[start : start + 320])
     nlms_db, fit_db = (_erle_on_a_fresh_reply(stages[fit], fresh, room) for fit in (False, True))
+    print(f"fresh reply ERLE: NLMS alone {nlms_db:.1f} dB, with the fits {fit_db:.1f} dB")
     assert stages[True].fit is not None and stages[True].fit.installs >= 1
-    assert fit_db > 15.0, (nlms_db, fit_db)
-    assert fit_db > nlms_db + 6.0, (nlms_db, fit_db)
-    assert stages[True].near_end is not None and stages[True].near_end.threshold_db is not None  # the detector decides
+    assert fit_db > 25.0, (nlms_db, fit_db)
+    assert fit_db > nlms_db + 10.0, (nlms_db, fit_db)

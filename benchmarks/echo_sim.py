@@ -110,11 +110,11 @@ def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.
 
 
 def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB, residual_for_asr: bool = True,
-              echo_path_fit: bool = True) -> Any:
+              echo_path_fit: bool = False) -> Any:
     """A fresh echo stage (offline: its ``process`` is called directly); ``aec_floor_margin_db``
     is the double-talk detector's (None: no AEC3 floor veto, as before 2026-12-04),
     ``residual_for_asr`` and ``echo_path_fit`` the stage's (False: the ASR hears what the VAD
-    hears; the NLMS filter learns alone, as before 2026-12-05)."""
+    hears; True: least-squares fits of the echo path beside the NLMS filter, opt-in)."""
     output = MemoryOutput(RATE)
     if mode == "aec":
         return EchoCancellation(output, canceller=EchoCanceller(), double_talk=False)
@@ -310,8 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wer", action="store_true", help="transcribe each user from what the ASR gets (Whisper) and report the WER")
     parser.add_argument("--prefix-padding-ms", type=int, default=VADSettings().prefix_padding_ms,
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
-    parser.add_argument("--no-echo-path-fit", action="store_true",
-                        help="double talk: the NLMS filter learns alone, no least-squares fits (as before 2026-12-05)")
+    parser.add_argument("--echo-path-fit", action="store_true",
+                        help="double talk: least-squares fits of the echo path beside the NLMS filter (EchoCancellation(echo_path_fit=True), opt-in)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -357,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             gate = {"min_interruption_ms": InterruptionSettings().min_interruption_while_speaking_ms} if mode == "gate" else {}
             def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
                 stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr,
-                                  echo_path_fit=not args.no_echo_path_fit)
+                                  echo_path_fit=args.echo_path_fit)
                 if args.oracle_filter:
                     set_true_echo_path(stage, room)
                 return stage

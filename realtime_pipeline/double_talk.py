@@ -20,8 +20,8 @@ gaps (WER 0.05 against 0.89 on a user 1.6 dB under a real Piper reply,
 The filter must learn the room first: until it removes 12 dB of echo the stage is
 AEC3 and its suppressor alone, as before. The NLMS needs a few seconds of echo alone
 for that, which users who interrupt early do not leave it (0.5 s per reply in the
-barge-in benchmark), so least-squares fits over all the echo heard so far replace its
-weights when they do better (:mod:`.echo_path_fit`).
+barge-in benchmark); least-squares fits over all the echo heard so far can replace its
+weights when they do better (:mod:`.echo_path_fit`, opt-in: ``EchoCancellation(echo_path_fit=True)``).
 
 On by default (AEC3 alone: ``EchoCancellation(double_talk=False)``, ``--no-double-talk``). Its
 residual used to pause replies on their own echo now and then; the fixes: comparing in the

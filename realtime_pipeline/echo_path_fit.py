@@ -17,6 +17,11 @@ gradients with FFT products, 15-70 ms for 8 s of audio). A fit that beats the ru
 on the last 100 ms of echo alone, which it has not seen, by :data:`FIT_GAIN_DB` replaces the
 filter's weights; the NLMS goes on from there. Fits run on a worker thread when ``background``
 (the stage's own run: too long for the event loop), inline otherwise (offline, deterministic).
+
+Opt-in (``EchoCancellation(echo_path_fit=True)``, ``echo_sim --echo-path-fit``): live, barge-in
+p50 / p95 fell from 363 / 1561 to 213 / 442 ms on the same six runs, but a reply paused on its
+own echo once in 84 attempts against none in 72 (docs/echo.md). A user learnt as echo while
+AEC3's suppressor still held them back is in the fits' data too; that is the next thing to fix.
 """
 
 from __future__ import annotations

@@ -28,13 +28,12 @@ import numpy as np
 
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ
 from realtime_pipeline.double_talk import LinearEchoFilter
-from realtime_pipeline.echo_path_fit import echo_delay_samples, least_squares_fir
+from realtime_pipeline.echo_path_fit import FIT_MAX_DELAY_MS, echo_delay_samples, least_squares_fir
 
 from .echo_sim import ROOMS, synthesize_replies
 
 RATE = INPUT_SAMPLE_RATE_HZ
 HELD_OUT_S = 0.25
-MAX_DELAY_MS = 250
 
 
 def erle_db(capture: np.ndarray, residual: np.ndarray) -> float:
@@ -53,7 +52,7 @@ def room_curves(reference: np.ndarray, capture: np.ndarray, times_s: Sequence[fl
         seen = int(t * RATE)
         after = slice(seen, seen + held)
         curves["nlms"].append(round(erle_db(capture[after], residual[after]), 1))
-        delay = echo_delay_samples(reference[:seen], capture[:seen], MAX_DELAY_MS * RATE // 1000)
+        delay = echo_delay_samples(reference[:seen], capture[:seen], FIT_MAX_DELAY_MS * RATE // 1000)
         start = max(0, delay - RATE // 500)  # 2 ms before the direct path
         padded = np.concatenate([np.zeros(start), reference])
         for ms in fir_ms:

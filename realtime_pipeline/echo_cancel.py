@@ -358,7 +358,7 @@ class EchoCancellation(_ReferenceStage):
         self.canceller = canceller
         self.linear = LinearEchoFilter() if double_talk else None
         self.near_end = NearEndDetector() if double_talk else None
-        self.fit = (EchoPathFit(tail=self.linear.partitions * self.linear.block, block=self._step)
+        self.fit = (EchoPathFit(tail=self.linear.partitions * self.linear.block, block=self._step, audible_dbfs=GATE_AUDIBLE_DBFS)
                     if self.linear is not None and echo_path_fit else None)
         self.hangover_frames = hangover_ms // FRAME_MS
         self._hangover = 0

@@ -52,7 +52,8 @@ FIT_GAIN_DB = 3.0
 #: After a fit replaced the filter, the near-end detector draws its line afresh from this many
 #: frames of echo alone (keeping the former line meanwhile): a fit changes the filter at once.
 FIT_DETECTOR_FRAMES = 30
-#: A reference block quieter than this is silence (the echo stage's ``GATE_AUDIBLE_DBFS``).
+#: Default of ``audible_dbfs``: a reference block quieter than this is silence (the echo stage
+#: passes its own ``GATE_AUDIBLE_DBFS``, the same -60 dBFS).
 AUDIBLE_DBFS = -60.0
 
 
@@ -125,7 +126,8 @@ class EchoPathFit:
     """
 
     def __init__(self, *, tail: int, block: int = INPUT_SAMPLE_RATE_HZ // 100,
-                 sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ, background: bool = False) -> None:
+                 sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ, background: bool = False,
+                 audible_dbfs: float = AUDIBLE_DBFS) -> None:
         if tail % block:
             raise ValueError(f"the tail ({tail} samples) must be whole blocks of {block}")
         per_ms = sample_rate_hz // 1000
@@ -140,7 +142,7 @@ class EchoPathFit:
         self.refit_blocks = FIT_REFIT_MS * per_ms // block
         self.late_refit_blocks = FIT_LATE_REFIT_MS * per_ms // block
         self.held_blocks = FIT_HELD_OUT_MS * per_ms // block
-        self._audible_rms = 32768.0 * 10 ** (AUDIBLE_DBFS / 20)
+        self._audible_rms = 32768.0 * 10 ** (audible_dbfs / 20)
         #: Fits computed, and fits whose taps :meth:`add` returned (they beat the running filter).
         self.fits = 0
         self.installs = 0
@@ -183,8 +185,8 @@ class EchoPathFit:
         if self._pending is None and self._alone_total >= self.first_blocks and self._since_fit >= refit:
             self._since_fit = 0
             self._start_fit()
-            if not self.background:
-                done = self._collect() if done is None else done
+            if not self.background:  # done at once: collected now (none was pending before)
+                done = self._collect()
         return done
 
     def _append(self, reference: np.ndarray, capture: np.ndarray, residual: np.ndarray, alone: bool) -> None:

@@ -220,7 +220,6 @@ def test_echo_convergence_rejects_bad_options(capsys: pytest.CaptureFixture[str]
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 def test_webrtc_benchmark_keeps_the_browser_on_one_core(tmp_path: Path) -> None:
     """--pin-browser: its own chrom* child processes on the last CPU, nobody else's; this process left alone."""
-    import shutil
     import time
 
     from benchmarks.webrtc_latency import CorePinning

@@ -28,6 +28,7 @@ from typing import Any
 
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ
 from realtime_pipeline.conversation import ResponseInterrupted, ResponsePaused, ResponseStarted
+from realtime_pipeline.echo_calibration import CALIBRATION_MS, CALIBRATION_TAIL_MS
 from realtime_pipeline.echo_cancel import stage_summary
 from realtime_pipeline.frames import SpeechStarted, SpeechStopped
 from realtime_pipeline.io.echo_room import EchoRoom, EchoRoomSettings, EchoRoomSource
@@ -46,6 +47,16 @@ class EchoConfig:
 
     room: EchoRoomSettings
     mode: str = "aec"
+    path_fit: bool = False  # the double-talk path's least-squares echo-path fits (opt-in)
+    calibrate: bool = True  # the double-talk path's start sound
+
+    @property
+    def calibrates(self) -> bool:
+        return self.calibrate and self.mode == "double-talk"
+
+    @property
+    def label(self) -> str:
+        return self.mode + (" + echo-path fits" if self.path_fit else "") + (", no start sound" if not self.calibrates and self.mode == "double-talk" else "")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,6 +74,10 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--echo-mode", choices=MODES, default=None,
                         help="echo room: double-talk (AEC3 and the double-talk path, the default), aec (AEC3 alone), "
                         "gate (the fallback, = --no-aec) or off (nothing: the raw echo)")
+    parser.add_argument("--echo-path-fit", action="store_true",
+                        help="echo room: least-squares fits of the echo path in the double-talk path (opt-in)")
+    parser.add_argument("--no-echo-calibration", action="store_true",
+                        help="echo room: the double-talk path without its start sound (it learns the room from the replies)")
     parser.add_argument("--echo-compare", action="store_true",
                         help="echo room: run the same turns with aec, gate and off; summary.echo has each")
 
@@ -70,14 +85,25 @@ def add_arguments(parser: Any) -> None:
 def configs(args: Any) -> list[EchoConfig]:
     """The echo conditions the command line asks for ([] without --echo-delay-ms)."""
     if args.echo_delay_ms is None:
-        if args.echo_compare or args.no_aec or args.echo_mode:
-            raise ValueError("--echo-compare, --no-aec and --echo-mode need --echo-delay-ms (the echo room)")
+        if args.echo_compare or args.no_aec or args.echo_mode or args.echo_path_fit or args.no_echo_calibration:
+            raise ValueError("--echo-compare, --no-aec, --echo-mode, --echo-path-fit and --no-echo-calibration "
+                             "need --echo-delay-ms (the echo room)")
         return []
     room = EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms,
                             seed=args.echo_seed)
     if args.echo_compare:
-        return [EchoConfig(room, mode) for mode in MODES]
-    return [EchoConfig(room, args.echo_mode or ("gate" if args.no_aec else "double-talk"))]
+        return [EchoConfig(room, mode, path_fit=args.echo_path_fit and mode == "double-talk",
+                           calibrate=not args.no_echo_calibration) for mode in MODES]
+    mode = args.echo_mode or ("gate" if args.no_aec else "double-talk")
+    if args.echo_path_fit and mode != "double-talk":
+        raise ValueError(f"--echo-path-fit works in the double-talk path, not with echo mode {mode!r}")
+    return [EchoConfig(room, mode, path_fit=args.echo_path_fit, calibrate=not args.no_echo_calibration)]
+
+
+def user_lead_ms(config: EchoConfig | None, lead_ms: int) -> int:
+    """When the user starts speaking: ``lead_ms`` into the session, after the echo stage's start
+    sound and its echo if it plays one (a user hears it and then speaks)."""
+    return lead_ms + (CALIBRATION_MS + CALIBRATION_TAIL_MS if config is not None and config.calibrates else 0)
 
 
 def in_room(source: Stage, output: AudioOutput, config: EchoConfig | None) -> tuple[Stage, EchoRoom | None]:

@@ -202,9 +202,11 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
                      room: EchoRoomSettings, *, seed: int = 0, long_every: int = 3, noise_dbfs: float | None = None,
                      min_interruption_ms: int | None = None,
                      transcribe: Callable[[np.ndarray], str] | None = None,
-                     prefix_padding_ms: int = VADSettings().prefix_padding_ms) -> list[Outcome]:
+                     prefix_padding_ms: int = VADSettings().prefix_padding_ms, calibrate: bool = True) -> list[Outcome]:
     """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply.
 
+    With ``calibrate`` a stage that calibrates (``EchoCancellation.calibrate``: the double-talk
+    path) first plays its start sound, as it does live, and the first reply starts 0.5 s after it.
     With ``transcribe``, each user's words are transcribed from what the echo stage gives the
     ASR, from ``prefix_padding_ms`` before the VAD's start (as the ASR's window) to 300 ms after
     their end."""
@@ -213,7 +215,10 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
     threshold_ms = min_interruption_ms or InterruptionSettings().min_interruption_ms
     response = room.response() * 10 ** (room.gain_db / 20)
     delay = room.delay_ms * RATE // 1000
-    plan, reply_start = [], RATE // 2
+    stage, vad = make_stage(), VadRule()
+    sound = (stage.start_calibration(RATE).astype(np.float64) if calibrate and getattr(stage, "calibrate", False)
+             else np.zeros(0))
+    plan, reply_start = [], len(sound) + RATE // 2
     for index, user in enumerate(users):
         reply = replies[int(rng.integers(len(replies)))]
         long = bool(long_every) and index % long_every == long_every - 1
@@ -228,7 +233,6 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
     clean = VadRule()  # the user's own audio: would it have started the VAD?
     clean_voiced = [clean.voiced(np.clip(np.round(mic_user[i : i + STEP]), -32768, 32767).astype(np.int16))
                     for i in range(0, length - STEP, STEP)]
-    stage, vad = make_stage(), VadRule()
     echo = np.zeros(length + len(response) + delay + STEP)
     for_asr = np.zeros(length, dtype=np.int16)
     vad_starts: list[int] = []
@@ -240,8 +244,9 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         start, reply, *_ = plan[current]
         playing = start <= position < ends[current] and current not in stopped
         far = np.zeros(STEP)
-        if playing:
-            piece = reply[position - start : position - start + STEP]
+        piece = (reply[position - start : position - start + STEP] if playing
+                 else sound[position : position + STEP])  # the start sound (empty after it)
+        if len(piece):
             far[: len(piece)] = piece
             echo[position + delay : position + delay + len(piece) + len(response) - 1] += np.convolve(piece, response)
         mic = mic_user[position : position + STEP] + echo[position : position + STEP]
@@ -312,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
     parser.add_argument("--echo-path-fit", action="store_true",
                         help="double talk: least-squares fits of the echo path beside the NLMS filter (EchoCancellation(echo_path_fit=True), opt-in)")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="double talk: no start sound (EchoCancellation(calibrate=False)); the filter learns from the replies only")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -365,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcomes += simulate_session(
                 make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
-                transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every, **gate)
+                transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every,
+                calibrate=not args.no_calibration, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

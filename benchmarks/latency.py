@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace, command: str, console: Console) -> dict[
             "threads": args.threads,
             "speculation": not args.no_speculation,
             "asr_window": "full" if args.full_window else "fitted",
-            "echo": [dataclasses.asdict(c.room) | {"mode": c.mode} for c in echo_configs],
+            "echo": [dataclasses.asdict(c.room) | {"mode": c.mode, "path_fit": c.path_fit} for c in echo_configs],
             "system_prompt": DEFAULT_SYSTEM_PROMPT,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                         "load_average_1min_before": load_before, "load_average_1min_after": os.getloadavg()[0]},
@@ -272,7 +272,7 @@ async def echo_runs(args: argparse.Namespace, turns: list[Any], models: Models, 
         if index == 0:
             streaming, records, barge_in = first, first_records, first_barge_in
         else:
-            task = progress.add_task(f"echo {config.mode}: the same turns again", total=len(turns))
+            task = progress.add_task(f"echo {config.label}: the same turns again", total=len(turns))
             streaming = build_streaming(turns, models, vad=vad, echo=config)
             await play(streaming, on_turn=lambda k, task=task: progress.update(task, completed=k))
             progress.update(task, completed=len(turns))

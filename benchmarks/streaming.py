@@ -21,7 +21,7 @@ from realtime_pipeline.stage import Inbox, Outbox, StageContext
 from realtime_pipeline.stages.vad import VADSettings
 from realtime_pipeline.tracing import FIRST_SAMPLE_PLAYED, USER_SPEECH_END, Tracer
 
-from .echo import EchoConfig, in_room
+from .echo import EchoConfig, in_room, user_lead_ms
 from .measure import Models
 from .turns import Turn
 
@@ -79,12 +79,15 @@ ECHO_MAX_WAIT_S = 20.0
 def build_streaming(turns: list[Turn], models: Models, *, system_prompt: str | None = None,
                     vad: VADSettings | None = None, echo: EchoConfig | None = None) -> StreamingRun:
     source = RecordingSource([t.samples for t in turns], INPUT_SAMPLE_RATE_HZ, realtime=True, wait_for_reply=True,
-                             max_wait_s=ECHO_MAX_WAIT_S if echo is not None else None)
+                             max_wait_s=ECHO_MAX_WAIT_S if echo is not None else None,
+                             lead_silence_ms=user_lead_ms(echo, 300))
     output = MemoryOutput(models.tts.output_sample_rate_hz, paced=True)
     heard, room = in_room(source, output, echo)
     conversation = Conversation(system_prompt) if system_prompt else Conversation()
     pipeline = voice_pipeline(heard, output, vad=vad, turn=models.turn, asr=models.asr, llm=models.llm, tts=models.tts,
-                              conversation=conversation, tracer=Tracer(), echo=echo.mode if echo is not None else "auto")
+                              conversation=conversation, tracer=Tracer(), echo=echo.mode if echo is not None else "auto",
+                              echo_path_fit=echo is not None and echo.path_fit,
+                              echo_calibration=echo is None or echo.calibrate)
     run = StreamingRun(pipeline, source, output, echo=echo, room=room)
 
     def on_event(event: object) -> None:

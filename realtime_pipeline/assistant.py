@@ -37,6 +37,8 @@ def voice_pipeline(
     tracer: Tracer | None = None,
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
     echo: str = "auto",
+    echo_path_fit: bool = False,
+    echo_calibration: bool = True,
 ) -> Pipeline:
     """Wire a spoken conversation; every stage defaults to its embedded model.
 
@@ -51,7 +53,10 @@ def voice_pipeline(
     room) gets an echo stage after it (:mod:`.echo_cancel`): ``echo="auto"`` runs AEC3 with
     the double-talk path when its package is installed, else the echo gate fallback;
     ``"double-talk"`` requires AEC3, ``"aec"`` is AEC3 alone (slower barge-in: docs/echo.md),
-    ``"gate"`` is the fallback, ``"off"`` nothing.
+    ``"gate"`` is the fallback, ``"off"`` nothing. ``echo_path_fit`` adds least-squares fits of
+    the echo path to the double-talk path (opt-in: docs/echo.md); ``echo_calibration`` (on by
+    default) has the double-talk path play a short, soft start sound to learn the room before
+    the first reply (:mod:`.echo_calibration`).
     """
     if echo not in ECHO_MODES:
         raise ValueError(f"echo must be one of {', '.join(map(repr, ECHO_MODES))}, got {echo!r}")
@@ -60,8 +65,9 @@ def voice_pipeline(
     stages: list[Stage] = [source]
     if getattr(source, "hears_output", False) and echo != "off":
         stages.append(EchoCancellation(output, double_talk=False) if echo == "aec"
-                      else EchoCancellation(output) if echo == "double-talk"
-                      else EchoGate(output) if echo == "gate" else echo_stage(output))
+                      else EchoCancellation(output, echo_path_fit=echo_path_fit, calibrate=echo_calibration)
+                      if echo == "double-talk" else EchoGate(output) if echo == "gate"
+                      else echo_stage(output, echo_path_fit=echo_path_fit, calibrate=echo_calibration))
     stages.append(vad_stage)
     if AUDIO_MODEL in sources:
         stages.append(turn or SmartTurn())

@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-double-talk", action="store_true",
                         help="AEC3 alone, without the linear echo canceller that hears a user talking over the reply "
                         "(barge-in over the reply is then slower: see docs/echo.md)")
+    parser.add_argument("--echo-path-fit", action="store_true",
+                        help="opt-in: least-squares fits of the echo path beside the linear echo canceller; it learns "
+                        "the room from the first second of echo instead of a few (see docs/echo.md)")
+    parser.add_argument("--no-echo-calibration", action="store_true",
+                        help="no start sound: by default a short, soft noise plays when the conversation starts, so the "
+                        "echo canceller knows the room before the first reply (barge-in is then fast from the first one)")
     parser.add_argument("--double-talk", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
@@ -98,6 +104,8 @@ def build(args: argparse.Namespace) -> Pipeline:
         tts=build_tts(args, output.sample_rate_hz),
         conversation=conversation,
         echo="gate" if args.no_aec else "aec" if args.no_double_talk else "auto",
+        echo_path_fit=args.echo_path_fit,
+        echo_calibration=not args.no_echo_calibration,
     )
 
 
@@ -161,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_remote_options(parser, args)
+    if args.echo_path_fit and (args.no_aec or args.no_double_talk):
+        parser.error("--echo-path-fit fits the echo path for the double-talk path: it does not go with "
+                     + ("--no-aec" if args.no_aec else "--no-double-talk"))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         anyio.run(converse, args)

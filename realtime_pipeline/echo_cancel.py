@@ -35,10 +35,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+import anyio
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
 from .double_talk import LinearEchoFilter, NearEndDetector, band_level_db
+from .echo_calibration import CalibrationSchedule, calibration_sound
 from .echo_path_fit import FIT_DETECTOR_FRAMES, EchoPathFit
 from .frames import AudioFrame
 from .io.loopback import LoopbackReader
@@ -348,18 +350,30 @@ class EchoCancellation(_ReferenceStage):
     Live barge-in p50 / p95 213 / 442 against 363 / 1561 ms on the same six runs, but a reply
     paused on its own echo once in 84 attempts against none in 72 (docs/echo.md): not the
     default until that is understood.
+
+    ``calibrate``: when the stage starts (:meth:`run`) it plays a short, soft noise and fits the
+    echo path on it (:mod:`..echo_calibration`), so the double-talk filter knows the room before
+    the first reply; offline, :meth:`start_calibration` gives the sound to feed through
+    :meth:`process`. Needs the double-talk path.
     """
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
                  double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS, residual_for_asr: bool = True,
-                 echo_path_fit: bool = False) -> None:
+                 echo_path_fit: bool = False, calibrate: bool = True) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
+        self.calibrate = calibrate and double_talk
+        #: The start sound's schedule while it plays (None: not calibrating, or over).
+        self.calibration: CalibrationSchedule | None = None
+        #: How the calibration went: None (none ran), else whether its sound played and a fit on it
+        #: replaced the filter's weights.
+        self.calibration_result: dict[str, bool] | None = None
+        self._fits_all_along = echo_path_fit
+        self._calibration_gate: ResidualGate | None = None
         self.residual_for_asr = residual_for_asr
         self.canceller = canceller
         self.linear = LinearEchoFilter() if double_talk else None
         self.near_end = NearEndDetector() if double_talk else None
-        self.fit = (EchoPathFit(tail=self.linear.partitions * self.linear.block, block=self._step, audible_dbfs=GATE_AUDIBLE_DBFS)
-                    if self.linear is not None and echo_path_fit else None)
+        self.fit = self._new_fit() if self.linear is not None and echo_path_fit else None
         self.hangover_frames = hangover_ms // FRAME_MS
         self._hangover = 0
         self._far_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
@@ -373,15 +387,41 @@ class EchoCancellation(_ReferenceStage):
         if self.canceller is None:
             self.canceller = EchoCanceller()
 
-    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+    def start_calibration(self, sample_rate_hz: int) -> np.ndarray:
+        """Calibrate from now on: returns the start sound at ``sample_rate_hz``, to be played while
+        the microphone's frames go through :meth:`process`; fits of the echo path run until its
+        echo is over (:class:`~.echo_calibration.CalibrationSchedule`)."""
+        if self.linear is None:
+            raise ValueError("calibration fits the double-talk path's filter: EchoCancellation(double_talk=True)")
         if self.fit is None:
-            await super().run(ctx, inbox, outbox)
-            return
-        self.fit.background = True  # live: a fit (15-70 ms) must not hold up the microphone's frames
+            self.fit = self._new_fit()
+        self.calibration = CalibrationSchedule()
+        self._calibration_gate = ResidualGate()
+        self.calibration_result = {"played": False, "fit_installed": False}
+        return calibration_sound(sample_rate_hz)
+
+    def _new_fit(self) -> EchoPathFit:
+        assert self.linear is not None
+        return EchoPathFit(tail=self.linear.partitions * self.linear.block, block=self._step, audible_dbfs=GATE_AUDIBLE_DBFS)
+
+    async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+        sound = self.start_calibration(self.output.sample_rate_hz) if self.calibrate else None
+        if self.fit is not None:
+            self.fit.background = True  # live: a fit (15-70 ms) must not hold up the microphone's frames
         try:
-            await super().run(ctx, inbox, outbox)
+            async with anyio.create_task_group() as group:
+                if sound is not None:
+                    group.start_soon(self._play, sound)
+                await super().run(ctx, inbox, outbox)
         finally:
-            self.fit.close()
+            if self.fit is not None:
+                self.fit.close()
+
+    async def _play(self, sound: np.ndarray) -> None:
+        """The start sound, in 20 ms blocks (a barge-in flush drops only what is queued)."""
+        block = self.output.sample_rate_hz // 50
+        for offset in range(0, len(sound), block):
+            await self.output.write(sound[offset : offset + block])
 
     def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         assert self.canceller is not None, "setup() first"
@@ -403,12 +443,42 @@ class EchoCancellation(_ReferenceStage):
             piece = slice(offset, offset + self._step)
             residual = self.linear.cancel(capture[piece], reference[piece])
             learnt = self._double_talk_frame(piece, capture, reference, cancelled, out, residual)
+            if self.calibration is not None:
+                self._calibration_step(piece, capture, reference, out)
             if self.fit is not None:
                 taps = self.fit.add(reference[piece], capture[piece], residual, learnt)
                 if taps is not None:  # a least-squares fit beat the filter: it starts from there
                     self.linear.set_taps(taps)
                     self.near_end.relearn(FIT_DETECTOR_FRAMES)
         return out
+
+    def _calibration_step(self, piece: slice, capture: np.ndarray, reference: np.ndarray, out: np.ndarray) -> None:
+        """One frame of the start sound or its echo: half duplex (AEC3 has not heard the room yet
+        and passed the first 100-200 ms of the noise's echo at the microphone's level, which
+        webrtcvad took for a voice: a turn before anyone spoke), so only a user louder than the
+        echo gets through. Once its echo is over, the fit on it stays only if fits run all along."""
+        assert self.calibration is not None and self.calibration_result is not None and self._calibration_gate is not None
+        muted_before = self._calibration_gate.muted_frames
+        self._calibration_gate.process(capture[piece], reference[piece])
+        if self._calibration_gate.muted_frames > muted_before:
+            out[piece] = muted(self._step, self._rng)
+            if self.for_asr is not None:
+                self.for_asr[piece] = out[piece]
+        if self.calibration.step(ResidualGate._level_db(reference[piece]) >= GATE_AUDIBLE_DBFS):
+            return
+        self._calibration_gate = None
+        self.calibration_result["played"] = self.calibration.played
+        self.calibration = None
+        if self.near_end is not None and self.calibration_result["played"]:
+            # the line is drawn afresh on the first reply's echo, not kept from the noise's (echo_sim,
+            # 8 sessions, --long-every 3: the first two interruptions' median 141 ms against 200 ms
+            # when kept, replies paused on their own echo 2 either way)
+            self.near_end.relearn(FIT_DETECTOR_FRAMES)
+        if self.fit is not None:
+            self.calibration_result["fit_installed"] = self.fit.installs > 0
+            if not self._fits_all_along:
+                self.fit.close()
+                self.fit = None
 
     def _double_talk_frame(self, piece: slice, capture: np.ndarray, reference: np.ndarray, cancelled: np.ndarray,
                            out: np.ndarray, residual: np.ndarray) -> bool:
@@ -492,14 +562,15 @@ class EchoGate(_ReferenceStage):
 _logged_missing = False
 
 
-def echo_stage(output: AudioOutput, *, enabled: bool = True) -> Stage:
+def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = True) -> Stage:
     """The stage that keeps the assistant's voice out of the input: AEC3 if the package is
-    installed and ``enabled``, else the :class:`EchoGate` fallback (logged once, with why)."""
+    installed and ``enabled`` (with ``echo_path_fit``, opt-in), else the :class:`EchoGate`
+    fallback (logged once, with why)."""
     global _logged_missing
     if enabled:
         try:
             load_backend()
-            return EchoCancellation(output)
+            return EchoCancellation(output, echo_path_fit=echo_path_fit, calibrate=calibrate)
         except EchoCancellerUnavailable as error:
             if not _logged_missing:
                 log.warning("%s; until then barge-in over the assistant's voice uses the echo gate fallback "
@@ -518,7 +589,8 @@ def stage_summary(stage: Any) -> dict[str, Any]:
                 "double_talk_frames": stage.double_talk_frames if stage.linear is not None else None,
                 "double_talk_vetoed_frames": stage.near_end.vetoed_frames if stage.near_end is not None else None,
                 "echo_path_fits": stage.fit.fits if stage.fit is not None else None,
-                "echo_path_fits_installed": stage.fit.installs if stage.fit is not None else None}
+                "echo_path_fits_installed": stage.fit.installs if stage.fit is not None else None,
+                "calibration": stage.calibration_result}
     if isinstance(stage, EchoGate):
         return {"mode": "gate", "muted_frames": stage.muted_frames}
     return {"mode": "none"}

@@ -50,7 +50,7 @@ FIT_LATE_REFIT_MS = 500
 FIT_HELD_OUT_MS = 100
 FIT_GAIN_DB = 3.0
 #: After a fit replaced the filter, the near-end detector draws its line afresh from this many
-#: frames of echo alone (keeping the former line meanwhile): a fit changes the filter at once.
+#: frames of echo alone (no line meanwhile: ``NearEndDetector.relearn``): a fit changes the filter at once.
 FIT_DETECTOR_FRAMES = 30
 #: Default of ``audible_dbfs``: a reference block quieter than this is silence (the echo stage
 #: passes its own ``GATE_AUDIBLE_DBFS``, the same -60 dBFS).

@@ -23,7 +23,10 @@ async def test_real_speech_interrupts_a_real_reply_and_is_answered(asr, llm, tts
     assert turn["reason"] == "turn_detected" and turn["false_interruption_resumes"] == []
     # nothing of the interrupted reply played after it was stopped
     assert result["leaked_turns"] == 0 and turn["leaked_blocks"] == 0
-    assert result["measured"] == 1 and len(result["barge_in_ms"]["values"]) == 1
+    # this recording has 270 ms of room noise before its first word, which webrtcvad may stop the
+    # reply on: then it is counted before the onset, not measured (benchmarks.barge_in.speech_onset_sample)
+    assert result["measured"] + result["vad_before_onset"] == 1
+    assert len(result["barge_in_ms"]["values"]) == result["measured"]
     # the history keeps the words that were heard, marked interrupted
     heard, reply = turn["heard_text"].split(), turn["reply_text"].split()
     assert reply[: len(heard)] == heard and len(heard) < len(reply)

@@ -119,6 +119,30 @@ def test_last_voiced_sample_finds_the_end_of_a_tone_in_noise() -> None:
     assert abs(end - rate) <= rate // 100  # within one 10 ms frame of 1.0 s
 
 
+def test_speech_onset_is_where_the_voice_rises_out_of_the_recordings_noise() -> None:
+    from benchmarks.barge_in import SPEECH_DIR, speech_onset_sample
+    from realtime_pipeline.audio import read_wav
+
+    rate = 16_000
+    rng = np.random.default_rng(0)
+    audio = rng.normal(0, 150, rate * 2)  # a room's noise at -47 dBFS
+    audio[0] = 20000  # a click at the start must not count
+    t = np.arange(rate) / rate
+    audio[rate * 3 // 10 : rate * 13 // 10] += 6000 * np.sin(2 * np.pi * 220 * t)  # a voice from 0.3 s
+    assert abs(speech_onset_sample(audio.astype(np.int16), rate) - rate * 3 // 10) <= rate // 100
+    quiet = rng.normal(0, 3, rate * 2)  # a studio's floor (-80 dBFS): the first soft sound counts
+    quiet[rate * 3 // 10 : rate * 13 // 10] += 6000 * np.sin(2 * np.pi * 220 * t)
+    quiet[rate // 5 : rate * 3 // 10] += 300 * np.sin(2 * np.pi * 220 * t[: rate // 10])  # a soft start at -44 dBFS
+    assert abs(speech_onset_sample(quiet.astype(np.int16), rate) - rate // 5) <= rate // 100
+    # a real recording with 330 ms of room noise before its first word: the 300 ms after the
+    # onset are far louder than the 300 ms before it
+    samples, file_rate = read_wav(SPEECH_DIR / "ps_librivox_0920.wav")
+    assert file_rate == rate
+    onset = speech_onset_sample(samples, rate)
+    before, after = samples[max(0, onset - rate * 3 // 10) : onset], samples[onset : onset + rate * 3 // 10]
+    assert len(before) and 10 * np.log10(np.mean(np.square(after.astype(np.float64))) / np.mean(np.square(before.astype(np.float64)))) > 15
+
+
 def test_load_turns_subset_is_seeded_and_in_file_order() -> None:
     first = load_turns(limit=3, seed=1)
     again = load_turns(limit=3, seed=1)
@@ -153,9 +177,21 @@ def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir:
     echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.double-talk")  # the default mode
     assert echo["stage"]["mode"] == "aec" and echo["stage"]["double_talk_frames"] is not None
     assert echo["stage"]["echo_path_fits"] is None  # the least-squares fits are opt-in (EchoCancellation(echo_path_fit=True))
+    # the start sound played through the room, and a fit on it taught the double-talk filter the room
+    assert echo["stage"]["calibration"] == {"played": True, "fit_installed": True}
     assert echo["turns_answered"] == 2
     assert echo["self_interruptions"] == 0  # the target; VAD turns on echo alone are reported, not asserted
     assert echo["erle_db"] is not None and echo["erle_db"] >= 25.0
+
+
+@pytest.mark.parametrize("argv, message", [(["--echo-path-fit"], "need --echo-delay-ms"),
+                                           (["--echo-delay-ms", "100", "--no-aec", "--echo-path-fit"], "not with echo mode 'gate'")])
+def test_barge_in_rejects_echo_path_fits_outside_the_double_talk_path(argv: list[str], message: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import barge_in
+
+    assert barge_in.main(argv) == 2
+    assert message in " ".join(capsys.readouterr().err.split())
 
 
 @pytest.mark.parametrize("argv, message", [(["--modes", "aec,nope"], "unknown mode nope"),

@@ -52,6 +52,16 @@ def test_bad_input_gets_one_clear_line_and_a_nonzero_exit(tmp_path, make, messag
     assert str(path.name) in error_lines[0]
 
 
+def test_echo_path_fits_without_the_double_talk_path_are_refused(capsys):
+    from realtime_pipeline.cli import main
+
+    for flag in ("--no-aec", "--no-double-talk"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--echo-path-fit", flag])
+        assert exit_info.value.code == 2
+        assert f"does not go with {flag}" in capsys.readouterr().err
+
+
 def test_output_without_input_is_refused(tmp_path):
     result = run_cli("--output", str(tmp_path / "reply.wav"), timeout_s=60)
     assert result.returncode != 0 and "Traceback" not in result.stderr

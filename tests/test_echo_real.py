@@ -114,18 +114,20 @@ def test_aec_removes_a_real_reply_and_the_vad_hears_nothing_until_the_user_speak
 
 
 def test_the_user_speaking_over_the_echo_reaches_the_vad_and_the_asr(room, asr):
-    reference, capture, _, start, length, onset = room
+    reference, capture, echo, start, length, onset = room
     out, for_asr, stage = _process_both(capture, reference)
     heard = [s for s in _vad_starts(out) if s >= start]
     assert heard, "the user's speech over the echo never started the VAD"
-    # audio time, not wall time; this user starts breathy (-45..-55 dBFS for 250 ms): webrtcvad
-    # starts on the clean recording 60 ms after the onset, over the echo ~300 ms
-    assert heard[0] - onset < 0.5 * RATE
+    # audio time, not wall time: the user's first word (after 330 ms of room noise, which the
+    # echo hides) starts the VAD 0-20 ms after its onset (3 runs)
+    assert heard[0] - onset < 0.2 * RATE
     assert stage.double_talk_frames > 0
-    # the ASR also gets the user's first syllables, which the VAD's signal mutes until the
-    # detector is sure (here the breathy start): the linear residual, not AEC3's floor
+    # the first 250 ms of the user's words reach the VAD and the ASR whole (measured: 100 % of
+    # their energy), not muted while the detector makes up its mind
+    user = capture.astype(np.float64) - echo
     first = slice(onset, onset + RATE // 4)
-    assert _energy(for_asr[first]) > 4 * _energy(out[first])
+    assert _energy(out[first]) > 0.5 * _energy(user[first])
+    assert _energy(for_asr[first]) > 0.5 * _energy(user[first])
     reference_words = load_transcripts()[USER]
     wer_over_echo = jiwer.wer(reference_words, normalize_text(asr.transcribe(for_asr[start : start + length])))
     wer_alone = jiwer.wer(reference_words, normalize_text(asr.transcribe(read_wav(SPEECH_DIR / USER)[0])))
@@ -206,3 +208,74 @@ def test_replies_cut_short_still_teach_the_filter_the_room(tts):
     assert stages[True].fit is not None and stages[True].fit.installs >= 1
     assert fit_db > 25.0, (nlms_db, fit_db)
     assert fit_db > nlms_db + 10.0, (nlms_db, fit_db)
+
+
+def _first_reply_with_a_start_sound(room, *, calibrate: bool,
+                                    settings: EchoRoomSettings) -> tuple[np.ndarray, EchoCancellation, int, int]:
+    """The session's start: the start sound (if ``calibrate``), 0.5 s of silence, then the reply,
+    and the user's first word 600 ms into it (a user interrupting 400 ms in, after 200 ms of
+    breath), as in the barge-in benchmark. What the VAD gets, the stage, where the reply and the
+    user's onset are."""
+    reference, _, _, _, _, _ = room
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    sound = stage.start_calibration(RATE) if calibrate else np.zeros(0, dtype=np.int16)
+    reply_start = len(sound) + RATE // 2
+    far = np.concatenate([sound, np.zeros(RATE // 2, dtype=np.int16), reference[: 4 * RATE]]).astype(np.float64)
+    delayed = np.concatenate([np.zeros(settings.delay_ms * RATE // 1000), far])
+    mic = np.convolve(delayed, settings.response() * 10 ** (settings.gain_db / 20))[: len(far)]
+    user, _ = read_wav(SPEECH_DIR / USER)
+    onset = reply_start + int(0.6 * RATE)
+    begin = onset - speech_onset_sample(user)
+    mic[begin : begin + len(user)] += user[: len(mic) - begin]
+    capture = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
+    far16 = far.astype(np.int16)
+    step = 320
+    out = np.concatenate([stage.process(i, capture[i : i + step], far16[i : i + step])
+                          for i in range(0, len(capture) // step * step, step)])
+    return out, stage, reply_start, onset
+
+
+@pytest.mark.parametrize("settings", [EchoRoomSettings(delay_ms=100, gain_db=0.0),
+                                      EchoRoomSettings(delay_ms=50, rt60_ms=500, seed=3)], ids=["issue-room", "reverberant"])
+def test_the_start_sound_teaches_the_room_before_the_first_reply(room, settings):
+    # in the reverberant room AEC3 passed the noise's first 100-200 ms whole, which started the
+    # VAD before the stage was half duplex during the sound (echo_sim, 3 of 8 sessions)
+    out, stage, reply_start, onset = _first_reply_with_a_start_sound(room, calibrate=True, settings=settings)
+    assert stage.calibration_result == {"played": True, "fit_installed": True}
+    assert stage.fit is None  # fits ran for the start sound only (echo_path_fit is opt-in)
+    starts = _vad_starts(out)
+    assert not [s for s in starts if s < onset - RATE // 50], "the start sound or the reply's echo started the VAD"
+    heard = [s for s in starts if s >= onset - RATE // 50]
+    assert heard and heard[0] - onset < 0.2 * RATE
+    without, _, _, _ = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
+    late = [s for s in _vad_starts(without) if s >= onset - RATE // 50]
+    print(f"\nfirst interruption: VAD {1000 * (heard[0] - onset) / RATE:.0f} ms after the onset with the start sound, "
+          f"{1000 * (late[0] - onset) / RATE if late else float('nan'):.0f} ms without")
+
+
+def test_a_user_who_talks_over_the_start_sound_is_heard_and_the_reply_after_it_does_not_interrupt_itself(room):
+    reference, _, _, _, _, _ = room
+    settings = EchoRoomSettings(delay_ms=100, gain_db=0.0)
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    sound = stage.start_calibration(RATE)
+    user, _ = read_wav(SPEECH_DIR / "ps_cards_002.wav")  # a question asked at once, over the sound
+    reply_start = len(user) + RATE  # the reply after it, nobody speaking over it
+    far = np.zeros(reply_start + 4 * RATE)
+    far[: len(sound)] = sound
+    far[reply_start:] = reference[: 4 * RATE]
+    delayed = np.concatenate([np.zeros(settings.delay_ms * RATE // 1000), far])
+    mic = np.convolve(delayed, settings.response())[: len(far)]
+    mic[: len(user)] += user
+    capture = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
+    step = 320
+    out = np.concatenate([stage.process(i, capture[i : i + step], far[i : i + step].astype(np.int16))
+                          for i in range(0, len(capture) // step * step, step)])
+    starts = _vad_starts(out)
+    onset = speech_onset_sample(user)
+    assert [s for s in starts if onset - RATE // 50 <= s < len(user)], "the user speaking over the start sound was not heard"
+    assert stage.calibration_result is not None and stage.calibration_result["played"]
+    # whatever the fit made of a sound with a voice over it, the reply's echo alone starts nothing
+    assert not [s for s in starts if s >= len(user) + RATE // 2]
+    heard = _energy(out[onset : onset + RATE // 2]) / _energy(user[onset : onset + RATE // 2])
+    print(f"\nover the start sound: VAD {[round(1000 * (s - onset) / RATE) for s in starts if s < len(user)]} ms after the "
+          f"onset, {100 * heard:.0f} % of the first 500 ms passed, fit installed: {stage.calibration_result['fit_installed']}")

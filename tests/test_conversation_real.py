@@ -84,14 +84,19 @@ class Finals(Stage):
 
 
 def test_live_transcripts_are_as_accurate_as_transcribing_whole_files(asr):
-    """VAD + streaming ASR on real-time paced input, over all 30 recordings."""
+    """VAD + streaming ASR over all 30 recordings, as one stream with silences between them.
+
+    Fed as fast as the stages take it (in real time this test took 182 s of the suite's ~9 min):
+    what it checks, how the VAD cuts the stream into turns and what the ASR makes of each, does not
+    depend on the pacing; partials on real-time input are
+    test_streaming_asr_gives_partials_while_speaking_and_an_accurate_final's."""
     import anyio
 
     references = load_transcripts()
     names = sorted(references)
     whole = {name: normalize_text(asr.transcribe(read_wav(SPEECH_DIR / name)[0])) for name in names}
 
-    source = WavFileSource([SPEECH_DIR / name for name in names], realtime=True)
+    source = WavFileSource([SPEECH_DIR / name for name in names], realtime=False)
     finals = Finals()
     anyio.run(Pipeline([source, WebRTCVAD(), asr, finals]).run)
 

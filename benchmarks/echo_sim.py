@@ -9,7 +9,9 @@ the echo stage (the real AEC3 through ``EchoCancellation.process``), the VAD's r
 (webrtcvad, its level floor, 3 of 5 frames voiced to start) and the reply stopping
 after the step in which the user has ``min_interruption_ms`` of voiced audio. The replies are
 Piper's (synthesized once), the users the bundled speech files; the same seed gives the
-same session. As in the live benchmark most users start 400 ms into a reply; every
+same session. As live, a session starts with the double-talk path's start sound
+(``--no-echo-calibration``: without it) and its first reply 0.5 s after it. As in the live
+benchmark most users start 400 ms into a reply; every
 third one starts 2.5-8 s in (long stretches of echo alone, replies ending); ``--long-every 0``
 starts every one 400 ms in, as the live benchmark does (the double-talk filter then has ~0.5 s
 of echo alone per reply to learn from).
@@ -317,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
     parser.add_argument("--echo-path-fit", action="store_true",
                         help="double talk: least-squares fits of the echo path beside the NLMS filter (EchoCancellation(echo_path_fit=True), opt-in)")
-    parser.add_argument("--no-calibration", action="store_true",
+    parser.add_argument("--no-echo-calibration", action="store_true",
                         help="double talk: no start sound (EchoCancellation(calibrate=False)); the filter learns from the replies only")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
@@ -373,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
                 transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every,
-                calibrate=not args.no_calibration, **gate)
+                calibrate=not args.no_echo_calibration, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

@@ -2,8 +2,8 @@
 
 A session's first replies are where barge-in under echo is slow: the double-talk filter
 (:mod:`.double_talk`) has heard no echo yet, and a user who interrupts 400 ms into a reply
-leaves it ~0.3 s of echo alone per reply (in six live barge-in runs the first four interruptions
-took a median 404 ms, the later ones 123 ms). Speech is also a poor signal to learn a room from
+leaves it ~0.3 s of echo alone per reply (in twelve live barge-in runs the first four
+interruptions took a median 353 ms, the later ones 123 ms). Speech is also a poor signal to learn a room from
 (its spectrum is coloured and keeps changing); noise is the textbook one. So when the session
 starts the echo stage plays a short, soft noise (pink above 100 Hz, fades in and out: a
 breath-like "shh") and fits the echo path on it by least squares
@@ -11,8 +11,9 @@ breath-like "shh") and fits the echo path on it by least squares
 
 Measured (docs/echo.md, "The start sound"): offline (``python -m benchmarks.echo_sim --long-every 0``,
 8 sessions) barge-in p50 / p95 214 / 1109 ms without it, 115 / 415 ms with it, the first two
-interruptions of a session 300 → 142 ms (median), no self-interruption either way; live (six barge-in
-runs each) the first four 404 → 185 ms, p95 668 → 561 ms, the users' WER 0.287 → 0.198. The NLMS
+interruptions of a session 300 → 142 ms (median), no self-interruption either way; live (twelve
+barge-in runs each) the first four 353 → 186 ms, p95 578 → 534 ms, the users' WER 0.266 → 0.215
+(0.180 without echo), no self-interruption either way. The NLMS
 alone on 1-2 s of this noise removes only 4-13 dB; a least-squares fit on 0.3 s of it more than 20 dB.
 
 :class:`CalibrationSchedule` says, frame by frame on the microphone's clock, when the sound and

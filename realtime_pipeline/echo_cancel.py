@@ -564,8 +564,8 @@ _logged_missing = False
 
 def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = True) -> Stage:
     """The stage that keeps the assistant's voice out of the input: AEC3 if the package is
-    installed and ``enabled`` (with ``echo_path_fit``, opt-in), else the :class:`EchoGate`
-    fallback (logged once, with why)."""
+    installed and ``enabled`` (its start sound unless not ``calibrate``; ``echo_path_fit``, opt-in),
+    else the :class:`EchoGate` fallback (logged once, with why)."""
     global _logged_missing
     if enabled:
         try:

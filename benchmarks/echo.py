@@ -56,7 +56,8 @@ class EchoConfig:
 
     @property
     def label(self) -> str:
-        return self.mode + (" + echo-path fits" if self.path_fit else "") + (", no start sound" if not self.calibrates and self.mode == "double-talk" else "")
+        no_sound = self.mode == "double-talk" and not self.calibrate
+        return self.mode + (" + echo-path fits" if self.path_fit else "") + (", no start sound" if no_sound else "")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

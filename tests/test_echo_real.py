@@ -211,11 +211,11 @@ def test_replies_cut_short_still_teach_the_filter_the_room(tts):
 
 
 def _first_reply_with_a_start_sound(room, *, calibrate: bool,
-                                    settings: EchoRoomSettings) -> tuple[np.ndarray, EchoCancellation, int, int]:
+                                    settings: EchoRoomSettings) -> tuple[np.ndarray, EchoCancellation, int, float | None]:
     """The session's start: the start sound (if ``calibrate``), 0.5 s of silence, then the reply,
     and the user's first word 600 ms into it (a user interrupting 400 ms in, after 200 ms of
-    breath), as in the barge-in benchmark. What the VAD gets, the stage, where the reply and the
-    user's onset are."""
+    breath), as in the barge-in benchmark. What the VAD gets, the stage, where the user's onset is,
+    and the near-end detector's line just before it (None: it could not tell the user from the echo yet)."""
     reference, _, _, _, _, _ = room
     stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
     sound = stage.start_calibration(RATE) if calibrate else np.zeros(0, dtype=np.int16)
@@ -230,9 +230,12 @@ def _first_reply_with_a_start_sound(room, *, calibrate: bool,
     capture = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
     far16 = far.astype(np.int16)
     step = 320
-    out = np.concatenate([stage.process(i, capture[i : i + step], far16[i : i + step])
-                          for i in range(0, len(capture) // step * step, step)])
-    return out, stage, reply_start, onset
+    pieces, line_at_onset = [], None
+    for i in range(0, len(capture) // step * step, step):
+        if i <= onset < i + step:
+            line_at_onset = stage.near_end.threshold_db if stage.near_end is not None else None
+        pieces.append(stage.process(i, capture[i : i + step], far16[i : i + step]))
+    return np.concatenate(pieces), stage, onset, line_at_onset
 
 
 @pytest.mark.parametrize("settings", [EchoRoomSettings(delay_ms=100, gain_db=0.0),
@@ -240,17 +243,19 @@ def _first_reply_with_a_start_sound(room, *, calibrate: bool,
 def test_the_start_sound_teaches_the_room_before_the_first_reply(room, settings):
     # in the reverberant room AEC3 passed the noise's first 100-200 ms whole, which started the
     # VAD before the stage was half duplex during the sound (echo_sim, 3 of 8 sessions)
-    out, stage, reply_start, onset = _first_reply_with_a_start_sound(room, calibrate=True, settings=settings)
+    out, stage, onset, line_db = _first_reply_with_a_start_sound(room, calibrate=True, settings=settings)
     assert stage.calibration_result == {"played": True, "fit_installed": True}
     assert stage.fit is None  # fits ran for the start sound only (echo_path_fit is opt-in)
     starts = _vad_starts(out)
     assert not [s for s in starts if s < onset - RATE // 50], "the start sound or the reply's echo started the VAD"
     heard = [s for s in starts if s >= onset - RATE // 50]
     assert heard and heard[0] - onset < 0.2 * RATE
-    without, _, _, _ = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
-    late = [s for s in _vad_starts(without) if s >= onset - RATE // 50]
-    print(f"\nfirst interruption: VAD {1000 * (heard[0] - onset) / RATE:.0f} ms after the onset with the start sound, "
-          f"{1000 * (late[0] - onset) / RATE if late else float('nan'):.0f} ms without")
+    # the detector can tell a user from the echo when the first user speaks; without the start sound
+    # the filter has heard ~0.5 s of the reply then and it cannot yet (this user, 1.6 dB under the
+    # echo, is heard as fast either way: a fresh AEC3 lets them through; quieter ones wait for it)
+    assert line_db is not None
+    _, bare, _, bare_line_db = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
+    assert bare_line_db is None and bare.calibration_result is None
 
 
 def test_a_user_who_talks_over_the_start_sound_is_heard_and_the_reply_after_it_does_not_interrupt_itself(room):

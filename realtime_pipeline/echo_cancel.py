@@ -351,7 +351,8 @@ class EchoCancellation(_ReferenceStage):
     paused on its own echo once in 84 attempts against none in 72 (docs/echo.md): not the
     default until that is understood.
 
-    ``calibrate``: when the stage starts (:meth:`run`) it plays a short, soft noise and fits the
+    ``calibrate`` (opt-in: offline the reply after it paused on its own echo now and then in a
+    reverberant room, docs/echo.md): when the stage starts (:meth:`run`) it plays a short, soft noise and fits the
     echo path on it (:mod:`..echo_calibration`), so the double-talk filter knows the room before
     the first reply; offline, :meth:`start_calibration` gives the sound to feed through
     :meth:`process`. Needs the double-talk path.
@@ -359,7 +360,7 @@ class EchoCancellation(_ReferenceStage):
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
                  double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS, residual_for_asr: bool = True,
-                 echo_path_fit: bool = False, calibrate: bool = True) -> None:
+                 echo_path_fit: bool = False, calibrate: bool = False) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
         self.calibrate = calibrate and double_talk
         #: The start sound's schedule while it plays (None: not calibrating, or over).
@@ -562,9 +563,9 @@ class EchoGate(_ReferenceStage):
 _logged_missing = False
 
 
-def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = True) -> Stage:
+def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = False) -> Stage:
     """The stage that keeps the assistant's voice out of the input: AEC3 if the package is
-    installed and ``enabled`` (its start sound unless not ``calibrate``; ``echo_path_fit``, opt-in),
+    installed and ``enabled`` (``calibrate``: its start sound, and ``echo_path_fit``, both opt-in),
     else the :class:`EchoGate` fallback (logged once, with why)."""
     global _logged_missing
     if enabled:

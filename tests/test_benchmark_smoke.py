@@ -177,8 +177,7 @@ def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir:
     echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.double-talk")  # the default mode
     assert echo["stage"]["mode"] == "aec" and echo["stage"]["double_talk_frames"] is not None
     assert echo["stage"]["echo_path_fits"] is None  # the least-squares fits are opt-in (EchoCancellation(echo_path_fit=True))
-    # the start sound played through the room, and a fit on it taught the double-talk filter the room
-    assert echo["stage"]["calibration"] == {"played": True, "fit_installed": True}
+    assert echo["stage"]["calibration"] is None  # the start sound is opt-in (--echo-calibration)
     assert echo["turns_answered"] == 2
     assert echo["self_interruptions"] == 0  # the target; VAD turns on echo alone are reported, not asserted
     assert echo["erle_db"] is not None and echo["erle_db"] >= 25.0

@@ -366,7 +366,7 @@ async def run_barge_in(
     pipeline = voice_pipeline(heard, output, vad=vad, asr=models.asr, llm=models.llm, tts=models.tts,
                               conversation=conversation, echo=echo.mode if echo is not None else "auto",
                               echo_path_fit=echo is not None and echo.path_fit,
-                              echo_calibration=echo is not None and echo.calibrate)
+                              echo_calibration=echo is None or echo.calibrate)
     events: list[tuple[float, Any]] = []
     conversation.add_listener(lambda event: events.append((time.monotonic(), event)))
     if console is not None:

@@ -20,6 +20,8 @@ runs the same turns once per mode. ``summary.echo`` then has, per mode:
 
 from __future__ import annotations
 
+import argparse
+
 import bisect
 import math
 from collections.abc import Iterable
@@ -48,7 +50,7 @@ class EchoConfig:
     room: EchoRoomSettings
     mode: str = "aec"
     path_fit: bool = False  # the double-talk path's least-squares echo-path fits (opt-in)
-    calibrate: bool = False  # the double-talk path's start sound (opt-in)
+    calibrate: bool = True  # the double-talk path's start sound
 
     @property
     def calibrates(self) -> bool:
@@ -56,7 +58,8 @@ class EchoConfig:
 
     @property
     def label(self) -> str:
-        return self.mode + (" + echo-path fits" if self.path_fit else "") + (" + start sound" if self.calibrates else "")
+        no_sound = self.mode == "double-talk" and not self.calibrate
+        return self.mode + (" + echo-path fits" if self.path_fit else "") + (", no start sound" if no_sound else "")
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -76,8 +79,9 @@ def add_arguments(parser: Any) -> None:
                         "gate (the fallback, = --no-aec) or off (nothing: the raw echo)")
     parser.add_argument("--echo-path-fit", action="store_true",
                         help="echo room: least-squares fits of the echo path in the double-talk path (opt-in)")
-    parser.add_argument("--echo-calibration", action="store_true",
-                        help="echo room: the double-talk path plays its start sound first (opt-in) and the users speak after it")
+    parser.add_argument("--echo-calibration", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
+    parser.add_argument("--no-echo-calibration", action="store_true",
+                        help="echo room: the double-talk path without its start sound (it learns the room from the replies)")
     parser.add_argument("--echo-compare", action="store_true",
                         help="echo room: run the same turns with aec, gate and off; summary.echo has each")
 
@@ -85,19 +89,19 @@ def add_arguments(parser: Any) -> None:
 def configs(args: Any) -> list[EchoConfig]:
     """The echo conditions the command line asks for ([] without --echo-delay-ms)."""
     if args.echo_delay_ms is None:
-        if args.echo_compare or args.no_aec or args.echo_mode or args.echo_path_fit or args.echo_calibration:
-            raise ValueError("--echo-compare, --no-aec, --echo-mode, --echo-path-fit and --echo-calibration "
+        if args.echo_compare or args.no_aec or args.echo_mode or args.echo_path_fit or args.no_echo_calibration:
+            raise ValueError("--echo-compare, --no-aec, --echo-mode, --echo-path-fit and --no-echo-calibration "
                              "need --echo-delay-ms (the echo room)")
         return []
     room = EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms,
                             seed=args.echo_seed)
     if args.echo_compare:
         return [EchoConfig(room, mode, path_fit=args.echo_path_fit and mode == "double-talk",
-                           calibrate=args.echo_calibration) for mode in MODES]
+                           calibrate=not args.no_echo_calibration) for mode in MODES]
     mode = args.echo_mode or ("gate" if args.no_aec else "double-talk")
     if args.echo_path_fit and mode != "double-talk":
         raise ValueError(f"--echo-path-fit works in the double-talk path, not with echo mode {mode!r}")
-    return [EchoConfig(room, mode, path_fit=args.echo_path_fit, calibrate=args.echo_calibration)]
+    return [EchoConfig(room, mode, path_fit=args.echo_path_fit, calibrate=not args.no_echo_calibration)]
 
 
 def user_lead_ms(config: EchoConfig | None, lead_ms: int) -> int:

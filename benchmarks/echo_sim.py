@@ -9,8 +9,8 @@ the echo stage (the real AEC3 through ``EchoCancellation.process``), the VAD's r
 (webrtcvad, its level floor, 3 of 5 frames voiced to start) and the reply stopping
 after the step in which the user has ``min_interruption_ms`` of voiced audio. The replies are
 Piper's (synthesized once), the users the bundled speech files; the same seed gives the
-same session. With ``--echo-calibration`` a session starts with the double-talk path's start
-sound (opt-in, as live) and its first reply 0.5 s after it. As in the live
+same session. As live, a session starts with the double-talk path's start sound
+(``--no-echo-calibration``: without it) and its first reply 0.5 s after it. As in the live
 benchmark most users start 400 ms into a reply; every
 third one starts 2.5-8 s in (long stretches of echo alone, replies ending); ``--long-every 0``
 starts every one 400 ms in, as the live benchmark does (the double-talk filter then has ~0.5 s
@@ -204,11 +204,11 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
                      room: EchoRoomSettings, *, seed: int = 0, long_every: int = 3, noise_dbfs: float | None = None,
                      min_interruption_ms: int | None = None,
                      transcribe: Callable[[np.ndarray], str] | None = None,
-                     prefix_padding_ms: int = VADSettings().prefix_padding_ms, calibrate: bool = False) -> list[Outcome]:
+                     prefix_padding_ms: int = VADSettings().prefix_padding_ms, calibrate: bool = True) -> list[Outcome]:
     """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply.
 
-    With ``calibrate`` a stage with the double-talk path first plays its start sound, as
-    ``EchoCancellation(calibrate=True)`` does live, and the first reply starts 0.5 s after it.
+    With ``calibrate`` a stage that calibrates (``EchoCancellation.calibrate``: the double-talk
+    path) first plays its start sound, as it does live, and the first reply starts 0.5 s after it.
     With ``transcribe``, each user's words are transcribed from what the echo stage gives the
     ASR, from ``prefix_padding_ms`` before the VAD's start (as the ASR's window) to 300 ms after
     their end."""
@@ -218,7 +218,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
     response = room.response() * 10 ** (room.gain_db / 20)
     delay = room.delay_ms * RATE // 1000
     stage, vad = make_stage(), VadRule()
-    sound = (stage.start_calibration(RATE).astype(np.float64) if calibrate and getattr(stage, "linear", None) is not None
+    sound = (stage.start_calibration(RATE).astype(np.float64) if calibrate and getattr(stage, "calibrate", False)
              else np.zeros(0))
     plan, reply_start = [], len(sound) + RATE // 2
     for index, user in enumerate(users):
@@ -319,8 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="--wer: the ASR's window starts this long before the VAD's start (default %(default)s)")
     parser.add_argument("--echo-path-fit", action="store_true",
                         help="double talk: least-squares fits of the echo path beside the NLMS filter (EchoCancellation(echo_path_fit=True), opt-in)")
-    parser.add_argument("--echo-calibration", action="store_true",
-                        help="double talk: the start sound first (EchoCancellation(calibrate=True), opt-in)")
+    parser.add_argument("--echo-calibration", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
+    parser.add_argument("--no-echo-calibration", action="store_true",
+                        help="double talk: no start sound (EchoCancellation(calibrate=False)); the filter learns from the replies only")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -375,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
                 transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every,
-                calibrate=args.echo_calibration, **gate)
+                calibrate=not args.no_echo_calibration, **gate)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

@@ -87,7 +87,7 @@ def build_streaming(turns: list[Turn], models: Models, *, system_prompt: str | N
     pipeline = voice_pipeline(heard, output, vad=vad, turn=models.turn, asr=models.asr, llm=models.llm, tts=models.tts,
                               conversation=conversation, tracer=Tracer(), echo=echo.mode if echo is not None else "auto",
                               echo_path_fit=echo is not None and echo.path_fit,
-                              echo_calibration=echo is not None and echo.calibrate)
+                              echo_calibration=echo is None or echo.calibrate)
     run = StreamingRun(pipeline, source, output, echo=echo, room=room)
 
     def on_event(event: object) -> None:

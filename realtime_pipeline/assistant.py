@@ -38,7 +38,7 @@ def voice_pipeline(
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
     echo: str = "auto",
     echo_path_fit: bool = False,
-    echo_calibration: bool = False,
+    echo_calibration: bool = True,
 ) -> Pipeline:
     """Wire a spoken conversation; every stage defaults to its embedded model.
 
@@ -54,8 +54,8 @@ def voice_pipeline(
     the double-talk path when its package is installed, else the echo gate fallback;
     ``"double-talk"`` requires AEC3, ``"aec"`` is AEC3 alone (slower barge-in: docs/echo.md),
     ``"gate"`` is the fallback, ``"off"`` nothing. ``echo_path_fit`` adds least-squares fits of
-    the echo path to the double-talk path (opt-in: docs/echo.md); ``echo_calibration`` (opt-in)
-    has the double-talk path play a short, soft start sound to learn the room before
+    the echo path to the double-talk path (opt-in: docs/echo.md); ``echo_calibration`` (on by
+    default) has the double-talk path play a short, soft start sound to learn the room before
     the first reply (:mod:`.echo_calibration`).
     """
     if echo not in ECHO_MODES:

@@ -62,9 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--echo-path-fit", action="store_true",
                         help="opt-in: least-squares fits of the echo path beside the linear echo canceller; it learns "
                         "the room from the first second of echo instead of a few (see docs/echo.md)")
-    parser.add_argument("--echo-calibration", action="store_true",
-                        help="opt-in: a short, soft noise plays when the conversation starts, so the echo canceller knows "
-                        "the room before the first reply (faster barge-in over the first replies; see docs/echo.md)")
+    parser.add_argument("--no-echo-calibration", action="store_true",
+                        help="no start sound: by default a short, soft noise plays when the conversation starts, so the "
+                        "echo canceller knows the room before the first reply (barge-in is then fast from the first one)")
+    parser.add_argument("--echo-calibration", action="store_true", help=argparse.SUPPRESS)  # the default again; kept for old scripts
     parser.add_argument("--double-talk", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     parser.add_argument("--no-interruptions", action="store_true", help="play every reply to the end even if the user speaks")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for each model")
@@ -105,7 +106,7 @@ def build(args: argparse.Namespace) -> Pipeline:
         conversation=conversation,
         echo="gate" if args.no_aec else "aec" if args.no_double_talk else "auto",
         echo_path_fit=args.echo_path_fit,
-        echo_calibration=args.echo_calibration,
+        echo_calibration=not args.no_echo_calibration,
     )
 
 

@@ -1,7 +1,4 @@
-"""The start sound: the echo canceller learns the room before the first reply (opt-in).
-
-Opt-in (``EchoCancellation(calibrate=True)``, ``--echo-calibration``): offline in a reverberant
-room the reply after it paused on its own echo in 2 of 12 runs, none without it (docs/echo.md).
+"""The start sound: the echo canceller learns the room before the first reply.
 
 A session's first replies are where barge-in under echo is slow: the double-talk filter
 (:mod:`.double_talk`) has heard no echo yet, and a user who interrupts 400 ms into a reply
@@ -18,6 +15,11 @@ interruptions of a session 300 → 142 ms (median), no self-interruption either 
 barge-in runs each) the first four 353 → 186 ms, p95 578 → 534 ms, the users' WER 0.266 → 0.215
 (0.180 without echo), no self-interruption either way. The NLMS
 alone on 1-2 s of this noise removes only 4-13 dB; a least-squares fit on 0.3 s of it more than 20 dB.
+
+It also lets AEC3 hear the room before the first reply: without it AEC3 let that reply's echo
+through often enough for the VAD to pause it (``python -m benchmarks.first_reply``, 16 Piper replies
+in each of three rooms: 5 of 48 first replies without it, none with it, 4 of the 5 in the reverberant
+room; after a user's first turn, spoken over the sound or not, 9 of 96 against 1 of 96; docs/echo.md, "On by default again").
 
 :class:`CalibrationSchedule` says, frame by frame on the microphone's clock, when the sound and
 its echo are over (the stage then stops fitting unless ``echo_path_fit`` asked for fits all

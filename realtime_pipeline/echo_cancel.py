@@ -351,8 +351,7 @@ class EchoCancellation(_ReferenceStage):
     paused on its own echo once in 84 attempts against none in 72 (docs/echo.md): not the
     default until that is understood.
 
-    ``calibrate`` (opt-in: offline the reply after it paused on its own echo now and then in a
-    reverberant room, docs/echo.md): when the stage starts (:meth:`run`) it plays a short, soft noise and fits the
+    ``calibrate``: when the stage starts (:meth:`run`) it plays a short, soft noise and fits the
     echo path on it (:mod:`..echo_calibration`), so the double-talk filter knows the room before
     the first reply; offline, :meth:`start_calibration` gives the sound to feed through
     :meth:`process`. Needs the double-talk path.
@@ -360,7 +359,7 @@ class EchoCancellation(_ReferenceStage):
 
     def __init__(self, output: AudioOutput, *, canceller: EchoCanceller | None = None, residual_gate: bool = True,
                  double_talk: bool = True, hangover_ms: int = DOUBLE_TALK_HANGOVER_MS, residual_for_asr: bool = True,
-                 echo_path_fit: bool = False, calibrate: bool = False) -> None:
+                 echo_path_fit: bool = False, calibrate: bool = True) -> None:
         super().__init__(output, ResidualSuppressor() if residual_gate else None)
         self.calibrate = calibrate and double_talk
         #: The start sound's schedule while it plays (None: not calibrating, or over).
@@ -470,16 +469,17 @@ class EchoCancellation(_ReferenceStage):
         self._calibration_gate = None
         self.calibration_result["played"] = self.calibration.played
         self.calibration = None
+        installed = self.fit is not None and self.fit.installs > 0
+        self.calibration_result["fit_installed"] = installed
         if self.near_end is not None and self.calibration_result["played"]:
             # the line is drawn afresh on the first reply's echo, not kept from the noise's (echo_sim,
             # 8 sessions, --long-every 3: the first two interruptions' median 141 ms against 200 ms
-            # when kept, replies paused on their own echo 2 either way)
-            self.near_end.relearn(FIT_DETECTOR_FRAMES)
-        if self.fit is not None:
-            self.calibration_result["fit_installed"] = self.fit.installs > 0
-            if not self._fits_all_along:
-                self.fit.close()
-                self.fit = None
+            # when kept, replies paused on their own echo 2 either way); from as many frames as
+            # without the sound if no fit was installed (a user spoke over it): the filter is the NLMS's
+            self.near_end.relearn(FIT_DETECTOR_FRAMES if installed else self.near_end.min_frames)
+        if self.fit is not None and not self._fits_all_along:
+            self.fit.close()
+            self.fit = None
 
     def _double_talk_frame(self, piece: slice, capture: np.ndarray, reference: np.ndarray, cancelled: np.ndarray,
                            out: np.ndarray, residual: np.ndarray) -> bool:
@@ -563,9 +563,9 @@ class EchoGate(_ReferenceStage):
 _logged_missing = False
 
 
-def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = False) -> Stage:
+def echo_stage(output: AudioOutput, *, enabled: bool = True, echo_path_fit: bool = False, calibrate: bool = True) -> Stage:
     """The stage that keeps the assistant's voice out of the input: AEC3 if the package is
-    installed and ``enabled`` (``calibrate``: its start sound, and ``echo_path_fit``, both opt-in),
+    installed and ``enabled`` (its start sound unless not ``calibrate``; ``echo_path_fit``, opt-in),
     else the :class:`EchoGate` fallback (logged once, with why)."""
     global _logged_missing
     if enabled:

@@ -177,7 +177,8 @@ def test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself(audio_dir:
     echo = _get(json.loads(out.read_text(encoding="utf-8")), "summary.echo.double-talk")  # the default mode
     assert echo["stage"]["mode"] == "aec" and echo["stage"]["double_talk_frames"] is not None
     assert echo["stage"]["echo_path_fits"] is None  # the least-squares fits are opt-in (EchoCancellation(echo_path_fit=True))
-    assert echo["stage"]["calibration"] is None  # the start sound is opt-in (--echo-calibration)
+    # the start sound played through the room, and a fit on it taught the double-talk filter the room
+    assert echo["stage"]["calibration"] == {"played": True, "fit_installed": True}
     assert echo["turns_answered"] == 2
     assert echo["self_interruptions"] == 0  # the target; VAD turns on echo alone are reported, not asserted
     assert echo["erle_db"] is not None and echo["erle_db"] >= 25.0
@@ -193,16 +194,19 @@ def test_barge_in_rejects_echo_path_fits_outside_the_double_talk_path(argv: list
     assert message in " ".join(capsys.readouterr().err.split())
 
 
-@pytest.mark.parametrize("argv, message", [(["--modes", "aec,nope"], "unknown mode nope"),
-                                           (["--aec-floor-margin-db", "loud"], "takes dB or 'off'"),
-                                           (["--oracle-filter"], "goes with --modes double-talk"),
-                                           (["--long-every", "-1"], "--long-every must be 0 or more")])
-def test_echo_sim_rejects_bad_options_before_loading_anything(argv: list[str], message: str,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks import echo_sim
+@pytest.mark.parametrize("module, argv, message", [("echo_sim", ["--modes", "aec,nope"], "unknown mode nope"),
+                                                   ("echo_sim", ["--aec-floor-margin-db", "loud"], "takes dB or 'off'"),
+                                                   ("echo_sim", ["--oracle-filter"], "goes with --modes double-talk"),
+                                                   ("echo_sim", ["--long-every", "-1"], "--long-every must be 0 or more"),
+                                                   ("first_reply", ["--rooms", "7"], "--rooms takes indexes"),
+                                                   ("first_reply", ["--replies", "0"], "--replies must be at least 1"),
+                                                   ("first_reply", ["--user", "nobody.wav"], "no such recording")])
+def test_echo_benchmarks_reject_bad_options_before_loading_anything(module: str, argv: list[str], message: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
 
     with pytest.raises(SystemExit) as exit_info:
-        echo_sim.main(argv)
+        importlib.import_module(f"benchmarks.{module}").main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -278,3 +282,19 @@ def test_webrtc_benchmark_keeps_the_browser_on_one_core(tmp_path: Path) -> None:
         browser.kill()
         browser.wait()
         os.kill(stranger, 9)
+
+
+@pytest.mark.models
+@pytest.mark.skipif(not aec_available(), reason="the [aec] extra is not installed")
+def test_first_reply_benchmark_counts_both_ways_in_a_room(tmp_path: Path) -> None:
+    from benchmarks import first_reply
+
+    out = tmp_path / "first_reply.json"
+    assert first_reply.main(["--replies", "1", "--rooms", "1", "--json", str(out)]) == 0
+    [row] = json.loads(out.read_text(encoding="utf-8"))
+    assert row["room"]["rt60_ms"] == 500 and row["user"] is None
+    for variant in ("no_start_sound", "start_sound"):
+        assert row[variant]["replies"] == 1
+        assert row[variant]["self_interruptions"] == len(row[variant]["at_s"])
+        assert all(0 < t <= first_reply.REPLY_S for t in row[variant]["at_s"])
+    # the property itself (none with the start sound here) is test_echo_real's, on the same stage

@@ -187,11 +187,10 @@ def test_with_the_package_the_microphone_gets_aec3():
         assert isinstance(stage, EchoCancellation)
         assert (stage.linear is not None and stage.near_end is not None) is double_talk, echo
         assert stage.fit is None, echo  # the echo-path fits are opt-in
-        assert stage.calibrate is False, echo  # the start sound is opt-in
-    for echo, double_talk in (("auto", True), ("aec", False)):
-        calibrating = voice_pipeline(source, output, echo=echo, echo_calibration=True, llm=_NoLLM(), asr=_Nop("asr"),
-                                     tts=_Nop("tts"), turn=_Nop("turn"))
-        assert calibrating.stages[1].calibrate is double_talk, echo  # the double-talk path's
+        assert stage.calibrate is double_talk, echo  # the start sound: the double-talk path's, on by default
+    quiet = voice_pipeline(source, output, echo_calibration=False, llm=_NoLLM(), asr=_Nop("asr"), tts=_Nop("tts"),
+                           turn=_Nop("turn"))
+    assert quiet.stages[1].calibrate is False
     for echo in ("auto", "double-talk"):
         pipeline = voice_pipeline(source, output, echo=echo, echo_path_fit=True, llm=_NoLLM(), asr=_Nop("asr"),
                                   tts=_Nop("tts"), turn=_Nop("turn"))

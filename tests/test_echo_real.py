@@ -10,16 +10,16 @@ from __future__ import annotations
 import jiwer
 import numpy as np
 import pytest
-import webrtcvad
 
 from realtime_pipeline import echo_cancel
 from realtime_pipeline.audio import read_wav, resample
 from realtime_pipeline.cancellation import CancelToken
 from realtime_pipeline.echo_cancel import EchoCancellation, EchoCanceller
+from realtime_pipeline.echo_path_fit import FIT_DETECTOR_FRAMES
 from realtime_pipeline.io.echo_room import EchoRoomSettings
 from realtime_pipeline.io.outputs import MemoryOutput
-from realtime_pipeline.stages.vad import VADSettings
 from benchmarks.barge_in import speech_onset_sample
+from benchmarks.echo_sim import VadRule
 
 from conftest import SPEECH_DIR, load_transcripts, normalize_text
 
@@ -72,22 +72,16 @@ def _process_both(capture: np.ndarray, reference: np.ndarray, *,
 
 
 def _vad_starts(samples: np.ndarray) -> list[int]:
-    """Samples where the server VAD's rule (3 of the last 5 20 ms frames voiced) would start speech."""
-    settings = VADSettings()
-    vad = webrtcvad.Vad(settings.aggressiveness)
-    frame = RATE * settings.frame_ms // 1000
-    window = settings.min_speech_ms // settings.frame_ms
-    recent: list[bool] = []
-    starts, in_speech, unvoiced = [], False, 0
+    """Samples (the 20 ms frame) where the VAD stage's rule would start speech: webrtcvad over its
+    level floor in 3 of the last 5 frames (``benchmarks.echo_sim.VadRule``). Without the floor
+    (-70 dBFS) AEC3's quiet residual counted as starts the stage never makes."""
+    rule, starts = VadRule(), []
+    frame = RATE * rule.settings.frame_ms // 1000
     for i in range(0, len(samples) - frame, frame):
-        voiced = vad.is_speech(samples[i : i + frame].tobytes(), RATE)
-        recent = (recent + [voiced])[-window:]
-        if not in_speech and voiced and len(recent) == window and sum(recent) / window >= settings.threshold:
+        was = rule.in_speech
+        rule.step(samples[i : i + frame])
+        if rule.in_speech and not was:
             starts.append(i)
-            in_speech, unvoiced = True, 0
-        elif in_speech:
-            unvoiced = 0 if voiced else unvoiced + 1
-            in_speech = unvoiced < 15
     return starts
 
 
@@ -210,12 +204,13 @@ def test_replies_cut_short_still_teach_the_filter_the_room(tts):
     assert fit_db > nlms_db + 10.0, (nlms_db, fit_db)
 
 
-def _first_reply_with_a_start_sound(room, *, calibrate: bool,
-                                    settings: EchoRoomSettings) -> tuple[np.ndarray, EchoCancellation, int, float | None]:
-    """The session's start: the start sound (if ``calibrate``), 0.5 s of silence, then the reply,
-    and the user's first word 600 ms into it (a user interrupting 400 ms in, after 200 ms of
-    breath), as in the barge-in benchmark. What the VAD gets, the stage, where the user's onset is,
-    and the near-end detector's line just before it (None: it could not tell the user from the echo yet)."""
+def _first_reply_with_a_start_sound(room, *, calibrate: bool, settings: EchoRoomSettings,
+                                    user_speaks: bool = True) -> tuple[np.ndarray, EchoCancellation, int, float | None]:
+    """The session's start: the start sound (if ``calibrate``), 0.5 s of silence, then the reply
+    (4 s), and the user's first word 600 ms into it (a user interrupting 400 ms in, after 200 ms of
+    breath), as in the barge-in benchmark (no user: the reply's echo alone). What the VAD gets, the
+    stage, where the user's onset is, and the near-end detector's line just before it (None: it
+    could not tell the user from the echo yet)."""
     reference, _, _, _, _, _ = room
     stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
     sound = stage.start_calibration(RATE) if calibrate else np.zeros(0, dtype=np.int16)
@@ -226,7 +221,8 @@ def _first_reply_with_a_start_sound(room, *, calibrate: bool,
     user, _ = read_wav(SPEECH_DIR / USER)
     onset = reply_start + int(0.6 * RATE)
     begin = onset - speech_onset_sample(user)
-    mic[begin : begin + len(user)] += user[: len(mic) - begin]
+    if user_speaks:
+        mic[begin : begin + len(user)] += user[: len(mic) - begin]
     capture = np.clip(np.round(mic), -32768, 32767).astype(np.int16)
     far16 = far.astype(np.int16)
     step = 320
@@ -238,13 +234,13 @@ def _first_reply_with_a_start_sound(room, *, calibrate: bool,
     return np.concatenate(pieces), stage, onset, line_at_onset
 
 
-def test_the_start_sound_teaches_the_room_before_the_first_reply(room):
-    # the issue's room only: in the reverberant one (50 ms, RT60 500 ms) the reply after the sound
-    # paused on its own echo in 2 of 12 runs here (Piper's replies vary), why the sound is opt-in
-    settings = EchoRoomSettings(delay_ms=100, gain_db=0.0)
+@pytest.mark.parametrize("settings", [EchoRoomSettings(delay_ms=100, gain_db=0.0),
+                                      EchoRoomSettings(delay_ms=50, rt60_ms=500, seed=3)], ids=["issue-room", "reverberant"])
+def test_the_start_sound_teaches_the_room_before_the_first_reply(room, settings):
     out, stage, onset, line_db = _first_reply_with_a_start_sound(room, calibrate=True, settings=settings)
     assert stage.calibration_result == {"played": True, "fit_installed": True}
     assert stage.fit is None  # fits ran for the start sound only (echo_path_fit is opt-in)
+    assert stage.near_end.line_min_frames == FIT_DETECTOR_FRAMES
     starts = _vad_starts(out)
     assert not [s for s in starts if s < onset - RATE // 50], "the start sound or the reply's echo started the VAD"
     heard = [s for s in starts if s >= onset - RATE // 50]
@@ -255,6 +251,20 @@ def test_the_start_sound_teaches_the_room_before_the_first_reply(room):
     assert line_db is not None
     _, bare, _, bare_line_db = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
     assert bare_line_db is None and bare.calibration_result is None
+
+
+def test_in_a_reverberant_room_the_first_reply_after_the_start_sound_does_not_start_the_vad(room):
+    # AEC3 that has heard no echo yet leaks a first reply's echo in this room: over 16 Piper replies
+    # the VAD started on 4 s of it 8 times without the start sound, never with it (docs/echo.md)
+    settings = EchoRoomSettings(delay_ms=50, rt60_ms=500, seed=3)
+    out, stage, reply_onset, _ = _first_reply_with_a_start_sound(room, calibrate=True, settings=settings, user_speaks=False)
+    assert stage.calibration_result == {"played": True, "fit_installed": True}
+    reply_start = reply_onset - int(0.6 * RATE)
+    assert not _vad_starts(out[: reply_start]), "the start sound's echo started the VAD"
+    assert not _vad_starts(out[reply_start:]), "the first reply's echo started the VAD"
+    bare, _, bare_onset, _ = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings, user_speaks=False)
+    leaked = [round((s - bare_onset) / RATE + 0.6, 2) for s in _vad_starts(bare)]
+    print(f"\nwithout the start sound the VAD started at {leaked} s into this reply")  # not asserted: half of them do
 
 
 def test_a_user_who_talks_over_the_start_sound_is_heard(room):
@@ -278,8 +288,14 @@ def test_a_user_who_talks_over_the_start_sound_is_heard(room):
     onset = speech_onset_sample(user)
     assert [s for s in starts if onset - RATE // 50 <= s < len(user)], "the user speaking over the start sound was not heard"
     assert stage.calibration_result is not None and stage.calibration_result["played"]
-    # not asserted: that the reply after it never pauses on its own echo (a fresh clone's run did
-    # once, 0.7 s into the reply; docs/echo.md, "The start sound": one reason it is opt-in)
+    # the detector draws its line from as many frames of the reply's echo as without the sound,
+    # unless a fit replaced the filter (then 30: a fit changes the filter at once)
+    installed = stage.calibration_result["fit_installed"]
+    assert stage.near_end.line_min_frames == (FIT_DETECTOR_FRAMES if installed else stage.near_end.min_frames)
+    # not asserted: that the reply after it never starts the VAD on its own echo. A fit on a sound
+    # with a voice over it is not installed, and this first reply then meets an AEC3 that has heard
+    # little of the room: over 16 Piper replies the VAD started 1 time here, as often as after the
+    # same user's turn without the sound (in the reverberant room 4 against 6; docs/echo.md)
     heard = _energy(out[onset : onset + RATE // 2]) / _energy(user[onset : onset + RATE // 2])
     print(f"\nover the start sound: VAD {[round(1000 * (s - onset) / RATE) for s in starts if s < len(user)]} ms after the "
           f"onset, {100 * heard:.0f} % of the first 500 ms passed, fit installed: {stage.calibration_result['fit_installed']}")

@@ -322,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--echo-calibration", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old commands
     parser.add_argument("--no-echo-calibration", action="store_true",
                         help="double talk: no start sound (EchoCancellation(calibrate=False)); the filter learns from the replies only")
+    parser.add_argument("--min-interruption-while-speaking-ms", type=int,
+                        default=InterruptionSettings().min_interruption_while_speaking_ms,
+                        help="gate (the fallback): voiced audio a barge-in needs over the reply (default %(default)s)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -333,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown mode {', '.join(unknown)}: use {', '.join(MODES)}")
     if args.long_every < 0:
         parser.error(f"--long-every must be 0 or more, got {args.long_every}")
+    if args.min_interruption_while_speaking_ms < 20:
+        parser.error(f"--min-interruption-while-speaking-ms must be at least 20 (one VAD frame), got {args.min_interruption_while_speaking_ms}")
     if args.oracle_filter and modes != ["double-talk"]:
         parser.error("--oracle-filter goes with --modes double-talk")
     try:
@@ -364,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             room = (ROOMS[seed % len(ROOMS)] if args.echo_delay_ms is None else
                     EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms, seed=seed))
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
-            gate = {"min_interruption_ms": InterruptionSettings().min_interruption_while_speaking_ms} if mode == "gate" else {}
+            gate = {"min_interruption_ms": args.min_interruption_while_speaking_ms} if mode == "gate" else {}
             def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
                 stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr,
                                   echo_path_fit=args.echo_path_fit)

@@ -6,8 +6,10 @@ for each room and each of ``--replies`` Piper replies (Piper's voice varies from
 the echo stage (the real AEC3 through ``EchoCancellation.process``) hears the session's start
 with and without the start sound (``EchoCancellation.calibrate``), then 4 s of the reply with
 nobody speaking, and the VAD stage's rule (``echo_sim.VadRule``) counts a self-interruption
-where it reaches ``min_interruption_ms`` of voiced audio. ``--user FILE`` puts a user's first
-turn at the session's start (over the start sound, or alone without it), the reply 1 s after it.
+where it reaches the conversation's barge-in threshold (80 ms of voiced audio; 240 ms while the
+stage says AEC3 has not heard enough of the room yet; ``--no-guard``: 80 ms all along).
+``--user FILE`` puts a user's first turn at the session's start (over the start sound, or alone
+without it), the reply 1 s after it.
 
     python -m benchmarks.first_reply --replies 16
 """
@@ -35,10 +37,22 @@ from .echo_sim import RATE, REPLY_TEXTS, ROOMS, STEP, VadRule, synthesize_replie
 REPLY_S = 4
 
 
+class _Audible:
+    """Stands for the reply while it plays (what ``InterruptionSettings.threshold_ms`` looks at)."""
+
+    played_ms = 1.0
+    paused = False
+
+
+_AUDIBLE: Any = _Audible()
+
+
 def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate: bool, user: np.ndarray | None = None,
-                        threshold_ms: int = InterruptionSettings().min_interruption_ms) -> float | None:
-    """Seconds into ``reply`` where its echo alone reached ``threshold_ms`` of voiced audio at the
-    VAD (None: never), after the start sound (``calibrate``) and ``user``'s turn (if any)."""
+                        interruptions: InterruptionSettings = InterruptionSettings(), guard: bool = True) -> float | None:
+    """Seconds into ``reply`` where its echo alone reached the barge-in threshold at the VAD (None:
+    never), after the start sound (``calibrate``) and ``user``'s turn (if any). The threshold is the
+    conversation's: ``min_interruption_while_speaking_ms`` while the stage says its echo may get
+    through (``EchoCancellation.echo_unprotected``; not without ``guard``), else ``min_interruption_ms``."""
     stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
     sound = stage.start_calibration(RATE).astype(np.float64) if calibrate else np.zeros(0)
     reply_start = len(user) + RATE if user is not None else len(sound) + RATE // 2
@@ -56,6 +70,7 @@ def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate:
     for position in range(0, len(capture) // STEP * STEP, STEP):
         vad.step(stage.process(position, capture[position : position + STEP], reference[position : position + STEP]))
         started = vad.started_at is not None and vad.started_at >= reply_start
+        threshold_ms = interruptions.threshold_ms(_AUDIBLE, echo_unprotected=guard and stage.echo_unprotected())
         if vad.in_speech and started and vad.voiced_ms >= threshold_ms:
             return round((position + STEP - reply_start) / RATE, 2)
     return None
@@ -66,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--replies", type=int, default=16, help="Piper replies per room (each synthesized afresh)")
     parser.add_argument("--rooms", default="0,1,2", help=f"comma-separated indexes into echo_sim.ROOMS ({len(ROOMS)})")
     parser.add_argument("--user", metavar="FILE", help="a user's first turn at the start (a file in tests/data/speech)")
+    parser.add_argument("--no-guard", action="store_true",
+                        help="the barge-in threshold stays min_interruption_ms while AEC3 is still learning the room")
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
     if args.replies < 1:
@@ -94,9 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result: list[dict[str, Any]] = []
     for room in rooms:
         row: dict[str, Any] = {"room": {"delay_ms": room.delay_ms, "gain_db": room.gain_db, "rt60_ms": room.rt60_ms,
-                                        "seed": room.seed}, "user": args.user}
+                                        "seed": room.seed}, "user": args.user, "guard": not args.no_guard}
         for calibrate in (False, True):
-            times = [self_interruption_s(room, reply, calibrate=calibrate, user=user) for reply in replies]
+            times = [self_interruption_s(room, reply, calibrate=calibrate, user=user, guard=not args.no_guard)
+                     for reply in replies]
             row["start_sound" if calibrate else "no_start_sound"] = {
                 "self_interruptions": sum(t is not None for t in times), "replies": len(times),
                 "at_s": [t for t in times if t is not None]}

@@ -131,7 +131,8 @@ class Conversation:
         self.turns_answered = False
         #: Input stream position the VAD has processed up to (sources wait on it).
         self.audio_processed_samples = 0
-        #: The microphone may hear the assistant and no echo canceller runs (set by the echo gate).
+        #: The assistant's echo may reach the VAD: no echo canceller runs, or AEC3 has not heard the
+        #: room yet (set by the echo stage, frame by frame).
         self.echo_unprotected = False
         self._turn_ids = itertools.count(1)
         self._open_turns: set[int] = set()

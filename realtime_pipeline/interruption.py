@@ -46,9 +46,14 @@ DEFAULT_MIN_INTERRUPTION_MS = 80
 DEFAULT_FALSE_INTERRUPTION_MS = 3000
 
 #: Default of :attr:`InterruptionSettings.min_interruption_while_speaking_ms`: the barge-in
-#: threshold while the assistant is audible and no echo canceller runs (the fallback,
-#: ``Conversation.echo_unprotected``). Echo that gets through the echo gate comes in
-#: short bursts; measured in the echo room (docs/echo.md, ``--echo-compare``).
+#: threshold while the assistant is audible and its echo may reach the VAD (the fallback, and
+#: AEC3's first 2.5 s of far end without the start sound: ``Conversation.echo_unprotected``). Echo that gets through the echo gate comes in
+#: short bursts, where the echo outlasts the gate's 400 ms window (long delays, reverberant
+#: rooms). Measured offline (``python -m benchmarks.echo_sim --modes gate``, 96 barge-ins per
+#: cell; docs/echo.md, "The fallback's threshold"): in a 300 ms / RT60 800 ms room at 0 dB the
+#: reply paused on its own echo 8 times at 80 ms, 2 at 160 and 240, 0 at 320 (17, 5, 4, 2 over
+#: -20, 0 and +10 dB); in the issue's rooms (100 ms, -20 to +10 dB) never at any of them. The price, where the echo is 20 dB down:
+#: barge-in p50 100 ms at 80, 326 ms at 240.
 DEFAULT_MIN_INTERRUPTION_WHILE_SPEAKING_MS = 240
 
 _WORD = re.compile(r"\w")
@@ -69,9 +74,9 @@ class InterruptionSettings:
     ``false_interruption_ms``: input audio after the interrupting sound ended, without
     words, after which the paused response resumes.
     ``min_interruption_while_speaking_ms``: the threshold instead of ``min_interruption_ms``
-    while the assistant is audible and the microphone may hear it unfiltered (no echo
-    canceller runs: the fallback); a longer one keeps echo from interrupting the reply, at
-    the price of a later barge-in.
+    while the assistant is audible and its echo may reach the VAD (no echo canceller runs:
+    the fallback; or AEC3 has not heard the room yet, without the start sound); a longer one
+    keeps echo from interrupting the reply, at the price of a later barge-in.
     """
 
     min_interruption_ms: int = DEFAULT_MIN_INTERRUPTION_MS

@@ -214,6 +214,19 @@ def test_the_gate_mutes_the_echo_and_passes_a_user_louder_than_it():
     assert np.array_equal(after[window:], user[window:])  # the assistant silent since: nothing muted
 
 
+def test_the_fallback_mutes_an_echo_louder_than_the_reply_before_it_has_learnt_the_room():
+    reference = tone(0.5, RATE, level=3000)
+    loud_echo = (reference * 10 ** (8 / 20)).astype(np.int16)  # a speaker next to the microphone: +8 dB
+    fallback = EchoGate(MemoryOutput(RATE)).gate
+    assert fallback is not None and fallback.prior_coupling_db == echo_cancel.FALLBACK_PRIOR_COUPLING_DB
+    out = fallback.process(loud_echo, reference)  # its first half second: nothing learnt yet
+    assert np.sum(out.astype(float) ** 2) < 1e-4 * np.sum(loud_echo.astype(float) ** 2)
+    assert np.array_equal(ResidualGate().process(loud_echo, reference), loud_echo)  # a 0 dB prior let it through
+    user = (loud_echo.astype(float) + tone(0.5, RATE, hz=1000, level=24000)).astype(np.int16)  # 18 dB over the reply
+    passed = EchoGate(MemoryOutput(RATE)).gate.process(user, reference)
+    assert np.sum(passed.astype(float) ** 2) > 0.5 * np.sum(user.astype(float) ** 2)
+
+
 def test_without_echo_cancellation_barge_in_over_an_audible_reply_needs_more_voiced_audio():
     settings = InterruptionSettings(min_interruption_ms=80, min_interruption_while_speaking_ms=240)
     conversation = Conversation(interruptions=settings)

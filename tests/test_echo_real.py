@@ -299,3 +299,28 @@ def test_a_user_who_talks_over_the_start_sound_is_heard(room):
     heard = _energy(out[onset : onset + RATE // 2]) / _energy(user[onset : onset + RATE // 2])
     print(f"\nover the start sound: VAD {[round(1000 * (s - onset) / RATE) for s in starts if s < len(user)]} ms after the "
           f"onset, {100 * heard:.0f} % of the first 500 ms passed, fit installed: {stage.calibration_result['fit_installed']}")
+
+
+def test_until_aec3_has_heard_the_room_barge_in_needs_the_longer_threshold(room):
+    reference, capture, _, _, _, _ = room
+    bare = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller(), calibrate=False)
+    assert bare.echo_unprotected()  # nothing heard yet
+    step, learning = 320, echo_cancel.AEC3_LEARNING_MS * RATE // 1000
+    silent = np.zeros(step, dtype=np.int16)
+    for i in range(0, RATE, step):  # a second of silence teaches AEC3 nothing
+        bare.process(i, silent, silent)
+    assert bare.echo_unprotected()
+    heard = [bare.echo_unprotected() for i in range(0, learning + RATE, step)
+             if bare.process(i, capture[i : i + step], reference[i : i + step]) is not None]
+    first_protected = heard.index(False)  # once AEC3 has heard 2.5 s of the reply (its pauses do not count)
+    frames = reference[: (first_protected + 1) * step].reshape(-1, 160).astype(np.float64)
+    audible = np.sum(10 * np.log10(np.mean(frames**2, axis=1) / 32768.0**2 + 1e-12) >= echo_cancel.GATE_AUDIBLE_DBFS)
+    assert learning // 160 <= audible < learning // 160 + 2 and not any(heard[first_protected:])
+    # after the start sound AEC3 has heard the room: the usual threshold from the first reply
+    calibrated = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    sound = calibrated.start_calibration(RATE)
+    far = np.concatenate([sound, np.zeros(RATE, dtype=np.int16)])
+    for i in range(0, len(far) // step * step, step):
+        calibrated.process(i, silent, far[i : i + step])
+    assert calibrated.calibration_result is not None and calibrated.calibration_result["played"]
+    assert not calibrated.echo_unprotected()

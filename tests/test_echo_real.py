@@ -149,7 +149,7 @@ def test_a_simulated_barge_in_session_stops_replies_for_the_user_and_never_for_t
     # AEC3's floor vetoed the linear residual's near-end frames this session paused replies on
     # their own echo (docs/echo.md); a user the residual hears must still stop the reply. Without the
     # start sound, the session this test was written for: with it one fresh clone's run paused two
-    # replies on their echo, not seen in 24 local syntheses of the same session nor 16 echo_sim
+    # replies on their echo, not seen in 8 local syntheses of the same session nor 8 echo_sim
     # sessions (docs/echo.md, "Left open"); the pipeline-level echo test runs with it
     from benchmarks import echo_sim
 

@@ -7,7 +7,9 @@ an hour to see and cannot be replayed. This runs only what decides a barge-in un
 echo, causally in 20 ms steps: the room (:class:`~realtime_pipeline.io.echo_room.EchoRoomSettings`),
 the echo stage (the real AEC3 through ``EchoCancellation.process``), the VAD's rule
 (webrtcvad, its level floor, 3 of 5 frames voiced to start) and the reply stopping
-after the step in which the user has ``min_interruption_ms`` of voiced audio. The replies are
+after the step in which the user has the conversation's barge-in threshold of voiced audio
+(``min_interruption_while_speaking_ms`` while the stage says the echo may reach the VAD: the gate,
+or AEC3 before it has heard the room without the start sound; else ``min_interruption_ms``). The replies are
 Piper's (synthesized once), the users the bundled speech files; the same seed gives the
 same session. As live, a session starts with the double-talk path's start sound
 (``--no-echo-calibration``: without it) and its first reply 0.5 s after it. As in the live
@@ -61,6 +63,16 @@ from .measure import word_error_rate
 from .turns import last_voiced_sample, read_tsv
 
 RATE = INPUT_SAMPLE_RATE_HZ
+
+
+class _AudibleReply:
+    """Stands for a reply while it plays, for ``InterruptionSettings.threshold_ms``."""
+
+    played_ms = 1.0
+    paused = False
+
+
+AUDIBLE_REPLY: Any = _AudibleReply()
 STEP = RATE // 50  # 20 ms, the VAD's frame
 MODES = ("aec", "double-talk", "gate")
 #: The rooms a session cycles through unless one is given: the issue's default (100 ms, 0 dB) and
@@ -202,7 +214,7 @@ class Outcome:
 
 def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray], users: Sequence[User],
                      room: EchoRoomSettings, *, seed: int = 0, long_every: int = 3, noise_dbfs: float | None = None,
-                     min_interruption_ms: int | None = None,
+                     interruptions: InterruptionSettings | None = None,
                      transcribe: Callable[[np.ndarray], str] | None = None,
                      prefix_padding_ms: int = VADSettings().prefix_padding_ms, calibrate: bool = True) -> list[Outcome]:
     """One session: reply, a user interrupting it, 1.2 s after their last sample the next reply.
@@ -214,7 +226,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
     their end."""
     rng = np.random.default_rng(seed)
     noise_rng = np.random.default_rng(seed + 1)
-    threshold_ms = min_interruption_ms or InterruptionSettings().min_interruption_ms
+    interruptions = interruptions or InterruptionSettings()
     response = room.response() * 10 ** (room.gain_db / 20)
     delay = room.delay_ms * RATE // 1000
     stage, vad = make_stage(), VadRule()
@@ -262,6 +274,8 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         vad.step(out)
         if vad.in_speech and not was_speaking and vad.started_at is not None:
             vad_starts.append(vad.started_at)
+        # the conversation's threshold: longer while the stage says the echo may reach the VAD
+        threshold_ms = interruptions.threshold_ms(AUDIBLE_REPLY, echo_unprotected=stage.echo_unprotected())
         if playing and vad.in_speech and vad.voiced_ms >= threshold_ms:
             stopped[current] = position + STEP
     outcomes = []
@@ -324,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="double talk: no start sound (EchoCancellation(calibrate=False)); the filter learns from the replies only")
     parser.add_argument("--min-interruption-while-speaking-ms", type=int,
                         default=InterruptionSettings().min_interruption_while_speaking_ms,
-                        help="gate (the fallback): voiced audio a barge-in needs over the reply (default %(default)s)")
+                        help="voiced audio a barge-in needs over the reply while the echo may reach the VAD: the gate (the "
+                        "fallback) always, AEC3 before it has heard the room without the start sound (default %(default)s)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
@@ -344,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         margin_db = None if args.aec_floor_margin_db == "off" else float(args.aec_floor_margin_db)
     except ValueError:
         parser.error(f"--aec-floor-margin-db takes dB or 'off', got {args.aec_floor_margin_db!r}")
+    interruptions = InterruptionSettings(min_interruption_while_speaking_ms=args.min_interruption_while_speaking_ms)
     from realtime_pipeline import PiperTTS
     from realtime_pipeline.conversation import Conversation
     from realtime_pipeline.stage import StageContext
@@ -369,7 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             room = (ROOMS[seed % len(ROOMS)] if args.echo_delay_ms is None else
                     EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms, seed=seed))
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
-            gate = {"min_interruption_ms": args.min_interruption_while_speaking_ms} if mode == "gate" else {}
             def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
                 stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr,
                                   echo_path_fit=args.echo_path_fit)
@@ -381,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 make_stage, replies,
                 [users[files[i].name] for i in order], room, seed=seed, noise_dbfs=args.noise_dbfs,
                 transcribe=transcribe, prefix_padding_ms=args.prefix_padding_ms, long_every=args.long_every,
-                calibrate=not args.no_echo_calibration, **gate)
+                calibrate=not args.no_echo_calibration, interruptions=interruptions)
         result[mode] = {"summary": summary(outcomes, references), "outcomes": [o.__dict__ for o in outcomes]}
         print(f"{mode}: {json.dumps(result[mode]['summary'])} ({time.perf_counter() - started:.0f} s)", flush=True)
     if args.json:

@@ -32,19 +32,11 @@ from realtime_pipeline.io.echo_room import EchoRoomSettings
 from realtime_pipeline.io.outputs import MemoryOutput
 
 from .barge_in import SPEECH_DIR
-from .echo_sim import RATE, REPLY_TEXTS, ROOMS, STEP, VadRule, synthesize_replies
+from .echo_sim import AUDIBLE_REPLY, RATE, REPLY_TEXTS, ROOMS, STEP, VadRule, synthesize_replies
 
 REPLY_S = 4
 
 
-class _Audible:
-    """Stands for the reply while it plays (what ``InterruptionSettings.threshold_ms`` looks at)."""
-
-    played_ms = 1.0
-    paused = False
-
-
-_AUDIBLE: Any = _Audible()
 
 
 def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate: bool, user: np.ndarray | None = None,
@@ -70,7 +62,7 @@ def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate:
     for position in range(0, len(capture) // STEP * STEP, STEP):
         vad.step(stage.process(position, capture[position : position + STEP], reference[position : position + STEP]))
         started = vad.started_at is not None and vad.started_at >= reply_start
-        threshold_ms = interruptions.threshold_ms(_AUDIBLE, echo_unprotected=guard and stage.echo_unprotected())
+        threshold_ms = interruptions.threshold_ms(AUDIBLE_REPLY, echo_unprotected=guard and stage.echo_unprotected())
         if vad.in_speech and started and vad.voiced_ms >= threshold_ms:
             return round((position + STEP - reply_start) / RATE, 2)
     return None

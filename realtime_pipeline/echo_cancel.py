@@ -443,10 +443,10 @@ class EchoCancellation(_ReferenceStage):
 
     def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         assert self.canceller is not None, "setup() first"
-        for offset in range(0, len(reference), self._step):
-            if ResidualGate._level_db(reference[offset : offset + self._step]) >= GATE_AUDIBLE_DBFS:
-                self.far_heard_frames += 1
-        return self.canceller.process(capture, reference)
+        cancelled = self.canceller.process(capture, reference)  # checks the lengths: whole 10 ms frames
+        power = np.mean(np.square(reference.reshape(-1, self._step).astype(np.float64)), axis=1) / 32768.0**2
+        self.far_heard_frames += int(np.count_nonzero(power >= 10 ** (GATE_AUDIBLE_DBFS / 10)))
+        return cancelled
 
     def echo_unprotected(self) -> bool:
         """Until AEC3 has heard :data:`AEC3_LEARNING_MS` of the far end, unless the start sound
@@ -586,9 +586,6 @@ class EchoGate(_ReferenceStage):
 
     def __init__(self, output: AudioOutput, gate: ResidualGate | None = None) -> None:
         super().__init__(output, gate or ResidualGate(prior_coupling_db=FALLBACK_PRIOR_COUPLING_DB))
-
-    async def setup(self, ctx: StageContext) -> None:
-        ctx.conversation.echo_unprotected = True
 
     def echo_unprotected(self) -> bool:
         return True

@@ -312,8 +312,10 @@ def test_until_aec3_has_heard_the_room_barge_in_needs_the_longer_threshold(room)
     for i in range(0, RATE, step):  # a second of silence teaches AEC3 nothing
         bare.process(i, silent, silent)
     assert bare.echo_unprotected()
-    heard = [bare.echo_unprotected() for i in range(0, learning + RATE, step)
-             if bare.process(i, capture[i : i + step], reference[i : i + step]) is not None]
+    heard = []  # after each step of the reply: does the stage still ask for the longer threshold?
+    for i in range(0, learning + RATE, step):
+        bare.process(i, capture[i : i + step], reference[i : i + step])
+        heard.append(bare.echo_unprotected())
     first_protected = heard.index(False)  # once AEC3 has heard 2.5 s of the reply (its pauses do not count)
     frames = reference[: (first_protected + 1) * step].reshape(-1, 160).astype(np.float64)
     audible = np.sum(10 * np.log10(np.mean(frames**2, axis=1) / 32768.0**2 + 1e-12) >= echo_cancel.GATE_AUDIBLE_DBFS)

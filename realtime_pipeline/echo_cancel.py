@@ -85,13 +85,32 @@ def aec_available() -> bool:
 
 class EchoCanceller:
     """WebRTC AEC3 (with its high-pass filter; no noise suppression or gain control, which
-    would change what the ASR hears) on mono int16 audio in 10 ms frames."""
+    would change what the ASR hears) on mono int16 audio in 10 ms frames, returned
+    :attr:`latency_samples` late."""
 
     def __init__(self, sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> None:
         backend = load_backend()
         self.sample_rate_hz = sample_rate_hz
         self.frame_samples = sample_rate_hz * FRAME_MS // 1000
-        self._apm = backend.AudioProcessor(sample_rate_hz, 1, echo_cancellation=True, high_pass_filter=True, stream_delay_ms=0)
+        self._apm = self._processor(backend)
+        #: AEC3 returns the capture this many samples late (its 64-sample block framing: 128 at
+        #: 16 kHz, 8 ms), measured once on a probe rather than assumed from the package's internals.
+        self.latency_samples = self._measure_latency(backend)
+
+    def _processor(self, backend: ModuleType) -> Any:
+        return backend.AudioProcessor(self.sample_rate_hz, 1, echo_cancellation=True, high_pass_filter=True, stream_delay_ms=0)
+
+    def _measure_latency(self, backend: ModuleType, frames: int = 20) -> int:
+        """The lag at which a fresh processor's output best matches its input (noise, no far end)."""
+        probe = self._processor(backend)
+        noise = np.random.default_rng(0).normal(0.0, 3000.0, frames * self.frame_samples)
+        capture = np.clip(np.round(noise), -32768, 32767).astype(np.int16)
+        silence = np.zeros(self.frame_samples, dtype=np.int16)
+        out = np.concatenate([probe.process(capture[i : i + self.frame_samples], silence)
+                              for i in range(0, len(capture), self.frame_samples)]).astype(np.float64)
+        span = len(capture) - 2 * self.frame_samples
+        scores = [float(np.dot(out[lag : lag + span], capture[:span])) for lag in range(2 * self.frame_samples)]
+        return int(np.argmax(scores))
 
     def process(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """The capture without the echo of ``reference`` (same length, a multiple of 10 ms; the
@@ -257,6 +276,28 @@ class _ReferenceStage(Stage):
         #: from them (None: the same): the double-talk path's linear residual where the VAD's
         #: signal is muted.
         self.for_asr: np.ndarray | None = None
+        self._lagged: np.ndarray | None = None  # the last latency_samples of capture and reference
+
+    @property
+    def latency_samples(self) -> int:
+        """How late :meth:`process`'s output is against its input, in samples (AEC3's framing)."""
+        return 0
+
+    def _aligned(self, capture: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``capture`` and ``reference`` :attr:`latency_samples` late, in step with AEC3's output.
+
+        Everything after AEC3 works on that clock: the linear residual that replaces AEC3's
+        output where the user talks over the reply, the levels the detector compares, the ASR's
+        signal. Mixed on the input's clock, each switch between the two skipped or repeated 8 ms
+        of the user's voice, and the detector compared AEC3's frame with the microphone's next."""
+        lag = self.latency_samples
+        if lag == 0:
+            return capture, reference
+        if self._lagged is None:
+            self._lagged = np.zeros((2, lag), dtype=np.int16)
+        joined = np.concatenate([self._lagged, np.stack([capture, reference]).astype(np.int16)], axis=1)
+        self._lagged = joined[:, -lag:].copy()
+        return joined[0, : len(capture)], joined[1, : len(capture)]
 
     def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         return capture
@@ -269,19 +310,23 @@ class _ReferenceStage(Stage):
     def process(self, start: int, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """Whole 10 ms frames of the microphone (``capture``, from input sample ``start``) and of
         what played at the same instants (``reference``) through AEC3 (if any), the gate (if
-        any) and double talk; public so a recording can be processed offline (tests, tools)."""
+        any) and double talk; public so a recording can be processed offline (tests, tools).
+        The result is :attr:`latency_samples` late: it starts at input sample ``start - latency_samples``
+        (the first call's first ``latency_samples`` are silence from before the input began)."""
         cancelled = self._cancel(capture, reference)
+        capture, reference = self._aligned(capture, reference)
         out = self.gate.process(cancelled, reference, capture) if self.gate is not None else cancelled
         self.for_asr = None
         out = self._double_talk(capture, reference, cancelled, out)
-        self.records.append(ProcessedFrame(start, len(capture), _energy(capture), _energy(cancelled), _energy(out),
-                                           _energy(reference)))
+        self.records.append(ProcessedFrame(start - self.latency_samples, len(capture), _energy(capture),
+                                           _energy(cancelled), _energy(out), _energy(reference)))
         return out
 
     def _double_talk(self, capture: np.ndarray, reference: np.ndarray, cancelled: np.ndarray, out: np.ndarray) -> np.ndarray:
         return out
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
+        first = True
         async for frame in inbox:
             if not isinstance(frame, AudioFrame):
                 await outbox.send(frame)
@@ -299,9 +344,14 @@ class _ReferenceStage(Stage):
                 continue
             capture = samples[:usable]
             reference = np.clip(np.round(self._reader.read(start, usable)), -32768, 32767).astype(np.int16)
-            cleaned = self.process(start, capture, reference)
+            cleaned, for_asr = self.process(start, capture, reference), self.for_asr
             ctx.conversation.echo_unprotected = self.echo_unprotected()
-            await outbox.send(AudioFrame(cleaned, INPUT_SAMPLE_RATE_HZ, start, frame.captured_at_s, asr_samples=self.for_asr))
+            out_start = start - self.latency_samples
+            if first:  # the stream starts where the input did, without the silence AEC3 returns first
+                first = False
+                cleaned, for_asr = cleaned[start - out_start :], None if for_asr is None else for_asr[start - out_start :]
+                out_start = start
+            await outbox.send(AudioFrame(cleaned, INPUT_SAMPLE_RATE_HZ, out_start, frame.captured_at_s, asr_samples=for_asr))
 
 
 #: Default of :attr:`EchoCancellation.hangover_ms`: after a near-end frame the linear residual
@@ -440,6 +490,10 @@ class EchoCancellation(_ReferenceStage):
         block = self.output.sample_rate_hz // 50
         for offset in range(0, len(sound), block):
             await self.output.write(sound[offset : offset + block])
+
+    @property
+    def latency_samples(self) -> int:
+        return self.canceller.latency_samples if self.canceller is not None else 0
 
     def _cancel(self, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
         assert self.canceller is not None, "setup() first"

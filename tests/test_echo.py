@@ -18,6 +18,8 @@ from realtime_pipeline.interruption import InterruptionSettings
 from realtime_pipeline.io.echo_room import EchoRoom, EchoRoomSettings, EchoRoomSource, synthetic_impulse_response
 from realtime_pipeline.io.loopback import Loopback, LoopbackReader
 from realtime_pipeline.io.sources import MemorySource
+from realtime_pipeline.stage import StageContext
+from realtime_pipeline.tracing import Tracer
 
 RATE = 16000
 T0 = 1000.0  # a monotonic time for the stream's first sample
@@ -196,6 +198,33 @@ def test_with_the_package_the_microphone_gets_aec3():
                                   tts=_Nop("tts"), turn=_Nop("turn"))
         assert pipeline.stages[1].fit is not None, echo
     assert isinstance(echo_stage(output, enabled=False), EchoGate)
+
+
+@pytest.mark.skipif(not echo_cancel.aec_available(), reason="the [aec] extra is not installed")
+def test_the_stage_labels_its_frames_with_the_inputs_sample_positions():
+    # what comes out at sample n of the stage's stream went in at sample n: a click at input
+    # sample 8000 is at 8000 in the frames the VAD and the ASR get, whatever AEC3's own delay
+    click_at = 8000
+    mic = np.zeros(RATE, dtype=np.int16)
+    mic[click_at : click_at + 16] = 20000
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=echo_cancel.EchoCanceller(), calibrate=False)
+
+    async def run() -> list[AudioFrame]:
+        send_in, inbox = anyio.create_memory_object_stream(100)
+        outbox, receive_out = anyio.create_memory_object_stream(100)
+        async with send_in, receive_out:
+            for i in range(0, len(mic), 320):
+                await send_in.send(AudioFrame(mic[i : i + 320], RATE, i, T0 + (i + 320) / RATE))
+            await send_in.aclose()
+            async with outbox:
+                await stage.run(StageContext(Conversation(), Tracer()), inbox, outbox)
+            return [frame async for frame in receive_out]
+
+    frames = anyio.run(run)
+    assert frames[0].start_sample == 0
+    assert all(a.end_sample == b.start_sample for a, b in zip(frames, frames[1:]))  # no gap, no overlap
+    out = np.concatenate([f.samples for f in frames])
+    assert abs(int(np.argmax(np.abs(out.astype(np.int32)))) - click_at) <= 4  # AEC3's high-pass filter rings a little
 
 
 def test_the_gate_mutes_the_echo_and_passes_a_user_louder_than_it():

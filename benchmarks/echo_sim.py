@@ -23,6 +23,11 @@ Per mode:
 * ``barge_in_ms``: the user's onset (``barge_in.speech_onset_sample``) → the end of the step
   in which the reply stops (the live benchmark adds the output's block and scheduling);
 * ``missed``: the reply played on through the user's words;
+* ``before_onset``: the reply stopped on the user's own sound before the words' onset (a breath,
+  a soft first consonant: ``barge_in.speech_onset_sample`` starts at the first loud 10 ms), as the
+  live benchmark's ``vad_before_onset``: heard, but no latency. Until 2026-12-05 these counted as
+  missed (with the start sound the filter hears such sounds under the echo: 5 of 14 sessions of
+  ``tests/test_echo_real.py``'s had one, none without the sound);
 * ``self_interruptions``: the reply stopped where the user's own audio would not have
   started the VAD (under 2 voiced frames of it in the last 300 ms): the echo did;
 * ``barge_in_p50_ms_first_two`` / ``_later``: the median of each session's first two
@@ -210,6 +215,7 @@ class Outcome:
     self_interruptions: int
     heard: str | None = None  # what the ASR made of the user's words (with ``transcribe``)
     index: int = 0  # the attempt's place in its session (0: the session's first reply)
+    before_onset: bool = False  # stopped by the user's own sound before the words' onset (no latency)
 
 
 def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray], users: Sequence[User],
@@ -283,6 +289,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
         at, onset = stopped.get(index), user_start + user.onset
         by_echo = at is not None and sum(clean_voiced[max(0, at // STEP - 15) : at // STEP]) < 2
         by_user = at is not None and not by_echo and onset - RATE // 100 <= at <= user_start + user.end + RATE * 3 // 10
+        before_onset = at is not None and not by_echo and user_start <= at < onset - RATE // 100
         playing_at_onset = start <= onset < ends[index]
         words = None
         if transcribe is not None:  # from the VAD's first start for this user, less the prefix padding
@@ -291,7 +298,7 @@ def simulate_session(make_stage: Callable[[], Any], replies: Sequence[np.ndarray
             words = transcribe(for_asr[max(0, begin) : user_start + user.end + RATE * 3 // 10])
         outcomes.append(Outcome(user.name, long, playing_at_onset,
                                 1000.0 * (at - onset) / RATE if by_user and playing_at_onset else None, int(by_echo),
-                                words, index))
+                                words, index, before_onset))
     return outcomes
 
 
@@ -302,8 +309,10 @@ def summary(outcomes: Sequence[Outcome], references: dict[str, str] | None = Non
     percentile = (lambda q: round(float(np.percentile(latencies, q)), 1)) if latencies else (lambda q: None)
     first = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None and o.index < 2]
     later = [o.barge_in_ms for o in outcomes if o.barge_in_ms is not None and o.index >= 2]
-    missed = sum(1 for o in outcomes if o.playing and o.barge_in_ms is None and not o.self_interruptions)
+    missed = sum(1 for o in outcomes
+                 if o.playing and o.barge_in_ms is None and not o.self_interruptions and not o.before_onset)
     return {"attempts": len(outcomes), "measured": len(latencies), "missed": missed,
+            "before_onset": sum(1 for o in outcomes if o.before_onset),
             "not_playing": sum(1 for o in outcomes if not o.playing),
             "barge_in_ms": {"p50": percentile(50), "p95": percentile(95), "max": percentile(100)},
             # a session's first two replies (the echo path and the detector still being learnt) and the rest

@@ -374,6 +374,13 @@ DOUBLE_TALK_ONSET_MS = 300
 DOUBLE_TALK_PAUSE_MS = 100
 DOUBLE_TALK_ONSET_DBFS = -40.0
 DOUBLE_TALK_PAUSED_DBFS = -50.0
+#: A reply fades in: Piper's first 10 ms frames rise from -104 to -33 dBFS over 40 ms, so the far
+#: end crosses :data:`DOUBLE_TALK_ONSET_DBFS` a few frames after it left the pause. Until
+#: 2026-12-05 an onset needed the 100 ms just before that frame all under
+#: :data:`DOUBLE_TALK_PAUSED_DBFS`, which the ramp's own frames were not: the guard never started
+#: on a Piper reply, and a simulated session's replies paused on their echo 180-250 ms in, the
+#: hangover passing the filter's leak (traced; docs/echo.md). Now the pause may have ended this long before.
+DOUBLE_TALK_RAMP_MS = 50
 
 
 #: AEC3 lets a reply's echo through now and then until it has heard this much of the far end
@@ -444,7 +451,8 @@ class EchoCancellation(_ReferenceStage):
         self._hangover = 0
         self._far_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
         self._far_band_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
-        self._recent_far_db: deque[float] = deque(maxlen=DOUBLE_TALK_PAUSE_MS // FRAME_MS)
+        self._quiet_frames = 0  # far-end frames in a row under DOUBLE_TALK_PAUSED_DBFS
+        self._since_pause: int | None = None  # frames since the last pause ended (None: none pending)
         self._onset_frames = 0  # frames left of the current far-end onset (DOUBLE_TALK_ONSET_MS)
         self.double_talk_frames = 0
         #: 10 ms frames in which the far end was audible, so far (AEC3 has heard that much of the room).
@@ -613,12 +621,17 @@ class EchoCancellation(_ReferenceStage):
 
     def _track_onset(self, far_db: float) -> None:
         """Counts down :data:`DOUBLE_TALK_ONSET_MS` from each far-end onset (one 10 ms frame)."""
-        paused = len(self._recent_far_db) == self._recent_far_db.maxlen and max(self._recent_far_db) < DOUBLE_TALK_PAUSED_DBFS
-        if far_db > DOUBLE_TALK_ONSET_DBFS and paused:
+        self._quiet_frames = self._quiet_frames + 1 if far_db < DOUBLE_TALK_PAUSED_DBFS else 0
+        if self._quiet_frames >= DOUBLE_TALK_PAUSE_MS // FRAME_MS:
+            self._since_pause = 0
+        elif self._since_pause is not None:
+            self._since_pause += 1
+        ramping = self._since_pause is not None and self._since_pause <= DOUBLE_TALK_RAMP_MS // FRAME_MS
+        if far_db > DOUBLE_TALK_ONSET_DBFS and ramping:
             self._onset_frames = DOUBLE_TALK_ONSET_MS // FRAME_MS
+            self._since_pause = None
         elif self._onset_frames:
             self._onset_frames -= 1
-        self._recent_far_db.append(far_db)
 
 
 #: The fallback gate's coupling until it has learnt the room's: an echo up to 10 dB louder than

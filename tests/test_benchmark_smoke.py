@@ -300,3 +300,30 @@ def test_first_reply_benchmark_counts_both_ways_in_a_room(tmp_path: Path) -> Non
         assert row[variant]["self_interruptions"] == len(row[variant]["at_s"])
         assert all(0 < t <= first_reply.REPLY_S for t in row[variant]["at_s"])
     # the property itself (none with the start sound here) is test_echo_real's, on the same stage
+
+
+def test_the_echo_simulator_counts_a_stop_before_the_words_onset_as_heard_early_not_missed() -> None:
+    """echo_sim: with no echo and nothing in the way, mfa_falsetto's soft "this" stops the reply before
+    the onset the benchmark measures from (its first loud 10 ms); that user was heard, early (the
+    live benchmark's ``vad_before_onset``), and used to count as missed. ps_librivox_0870's room noise
+    before its first word does the same; mfa_longstop is measured."""
+    from benchmarks import echo_sim
+    from realtime_pipeline.io.echo_room import EchoRoomSettings
+
+    class PassThrough:  # no echo stage: the VAD hears the microphone
+        for_asr = None
+
+        def process(self, start: int, capture: np.ndarray, reference: np.ndarray) -> np.ndarray:
+            return capture
+
+        def echo_unprotected(self) -> bool:
+            return False
+
+    reply = np.random.default_rng(0).normal(0.0, 3000.0, 10 * 16_000)
+    speech = Path(__file__).parent / "data" / "speech"
+    outcomes = [echo_sim.simulate_session(PassThrough, [reply], [echo_sim.load_user(speech / name)],
+                                          EchoRoomSettings(delay_ms=100, gain_db=-60.0), long_every=0, calibrate=False)[0]
+                for name in ("mfa_falsetto.wav", "ps_librivox_0870.wav", "mfa_longstop.wav")]
+    assert [(o.before_onset, o.barge_in_ms is None) for o in outcomes] == [(True, True), (True, True), (False, False)]
+    summary = echo_sim.summary(outcomes)
+    assert summary["missed"] == 0 and summary["before_onset"] == 2 and summary["measured"] == 1

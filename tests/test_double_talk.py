@@ -109,10 +109,10 @@ class _PassThrough(LinearEchoFilter):
         pass
 
 
-def _passed_after_a_voice(far_silent_ms: int, far_playing_ms: int) -> list[bool]:
+def _passed_after_a_voice(far_silent_ms: int, far_playing_ms: int, ramp_dbfs: tuple[float, ...] = ()) -> list[bool]:
     """Four loud microphone frames (a voice, judged near-end), then quiet ones: which of the
     quiet frames the stage passes on (hangover) rather than mutes, ``far_playing_ms`` after a
-    reply came back from ``far_silent_ms`` of silence."""
+    reply came back from ``far_silent_ms`` of silence (through ``ramp_dbfs``, one 10 ms frame each)."""
     from realtime_pipeline.echo_cancel import EchoCancellation
     from realtime_pipeline.io.outputs import MemoryOutput
 
@@ -133,6 +133,8 @@ def _passed_after_a_voice(far_silent_ms: int, far_playing_ms: int) -> list[bool]
         step(frame(-60), frame(-20))
     for _ in range(far_silent_ms // 10):
         step(frame(-80), np.zeros(BLOCK, np.int16))
+    for level in ramp_dbfs:
+        step(frame(-80), frame(level))
     for _ in range(far_playing_ms // 10):
         step(frame(-60), frame(-20))
     assert [_db(step(frame(-20), frame(-20))) > _db(np.zeros(BLOCK)) for _ in range(4)] == [True] * 4
@@ -150,6 +152,9 @@ def test_near_end_frames_get_no_hangover_right_after_the_far_end_comes_back():
     # 100 ms into a reply that started after silence: the filter's residual may be its own leak
     # there, so only frames judged near-end on their own pass (docs/echo.md, seed-5 replay)
     assert _passed_after_a_voice(far_silent_ms=200, far_playing_ms=100) == [False] * 20
+    # a reply that fades in (Piper's first frames: -104 to -33 dBFS over 40 ms) starts one too: the
+    # ramp's own frames used to keep it from counting as after a pause, so the guard never ran
+    assert _passed_after_a_voice(far_silent_ms=200, far_playing_ms=100, ramp_dbfs=(-95, -88, -60, -44)) == [False] * 20
     # a reply resuming after a pause shorter than DOUBLE_TALK_PAUSE_MS is no onset
     assert _passed_after_a_voice(far_silent_ms=50, far_playing_ms=100) == [True] * 15 + [False] * 5
 

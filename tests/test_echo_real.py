@@ -148,9 +148,10 @@ def test_a_simulated_barge_in_session_stops_replies_for_the_user_and_never_for_t
     # them, the reply stopping when the VAD has 80 ms of the user, causally in 20 ms steps. Before
     # AEC3's floor vetoed the linear residual's near-end frames this session paused replies on
     # their own echo (docs/echo.md); a user the residual hears must still stop the reply. Without the
-    # start sound, the session this test was written for: with it one fresh clone's run paused two
-    # replies on their echo, not seen in 8 local syntheses of the same session nor 8 echo_sim
-    # sessions (docs/echo.md, "Left open"); the pipeline-level echo test runs with it
+    # start sound, the session this test was written for: with it the session paused a reply on its
+    # echo in 3 of 42 syntheses until the onset guard ran on a reply's fade-in (docs/echo.md, "The
+    # onset guard never ran on a Piper reply"; test_double_talk has that case); the pipeline-level
+    # echo test runs with the sound
     from benchmarks import echo_sim
 
     replies = echo_sim.synthesize_replies(tts, echo_sim.REPLY_TEXTS[:4])

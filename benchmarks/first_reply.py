@@ -37,8 +37,6 @@ from .echo_sim import AUDIBLE_REPLY, RATE, REPLY_TEXTS, ROOMS, STEP, VadRule, sy
 REPLY_S = 4
 
 
-
-
 def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate: bool, user: np.ndarray | None = None,
                         interruptions: InterruptionSettings = InterruptionSettings(), guard: bool = True) -> float | None:
     """Seconds into ``reply`` where its echo alone reached the barge-in threshold at the VAD (None:

@@ -352,7 +352,7 @@ def test_the_users_voice_leaves_the_stage_on_one_clock_whichever_path_carries_it
     mic = np.clip(np.round(user + room_echo), -32768, 32767).astype(np.int16)
     _, for_asr, stage = _process_both(mic, played)
     lag = stage.latency_samples
-    assert lag == stage.canceller.latency_samples > 0
+    assert lag == 128  # AEC3's block framing at 16 kHz, as the canceller's probe measures it
     assert stage.double_talk_frames > 0 and stage.near_end.threshold_db is not None  # converged: the residual
     assert _lag(for_asr, user, slice(onset, stop)) == lag  # the residual (it was 0)
     # AEC3's output (its high-pass filter shifts the best match by a sample or two on some voices)

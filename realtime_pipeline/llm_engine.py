@@ -37,6 +37,7 @@ import anyio
 
 from .cancellation import CancelToken
 from .history_window import estimate_tokens
+from .priority import run_model
 from .tools import Tool, ToolChoice, ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ class BlockingEngine:
             return registry[str(choice.name)]
         if choice.mode == "required" and len(registry) == 1:
             return registry[registry.names[0]]
-        name = await anyio.to_thread.run_sync(self.choose_tool, request.messages, registry, choice, token)
+        name = await run_model(self.choose_tool, request.messages, registry, choice, token)
         if name in registry:
             return registry[str(name)]
         if token.cancelled:
@@ -249,7 +250,7 @@ class BlockingEngine:
         return None
 
     async def end_of_turn_probability(self, messages: Messages) -> float | None:
-        return await anyio.to_thread.run_sync(self.end_of_turn_probability_sync, messages)
+        return await run_model(self.end_of_turn_probability_sync, messages)
 
     def prompt_tokens(self) -> PromptTokens | None:
         return None
@@ -263,10 +264,10 @@ async def _pieces(blocking: Iterator[str], token: CancelToken) -> AsyncIterator[
     cancelled; the generator is closed (in its thread, shielded) however this one ends."""
     try:
         while not token.cancelled:
-            piece = await anyio.to_thread.run_sync(next, blocking, None)
+            piece = await run_model(next, blocking, None)
             if piece is None:
                 return
             yield piece
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(blocking.close)
+            await run_model(blocking.close)

@@ -30,6 +30,7 @@ from ..conversation import (
 from ..frames import SpeechStarted, SpeechStopped, TranscriptFinal
 from ..interruption import InterruptionSettings, has_words
 from ..pipeline import Pipeline, StageError
+from ..priority import run_model
 from ..responder import Responder as CoreResponder
 from ..stage import Outbox, StageContext
 from ..stages.chunker import SentenceChunker
@@ -394,7 +395,7 @@ class RealtimeSession(ClientEventsMixin, ResponsesMixin):
                 if job.kind == "transcribe":
                     assert job.item is not None and job.audio is not None
                     try:
-                        text = await anyio.to_thread.run_sync(self.asr.transcribe_or_raise, job.audio)
+                        text = await run_model(self.asr.transcribe_or_raise, job.audio)
                     except Exception as error:  # reported as transcription.failed
                         self.asr.failures.append(f"{type(error).__name__}: {error}")
                         text = ""

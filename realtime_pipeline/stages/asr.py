@@ -49,6 +49,7 @@ from ..frames import (
     TranscriptPartial,
     TranscriptPreview,
 )
+from ..priority import run_model
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..tracing import ASR_FINAL, ASR_PREVIEW
 
@@ -122,8 +123,8 @@ class WhisperASR(Stage):
 
     async def setup(self, ctx: StageContext) -> None:
         if self._model is None:
-            self._model = await anyio.to_thread.run_sync(self._load)
-            await anyio.to_thread.run_sync(self.transcribe, np.zeros(INPUT_SAMPLE_RATE_HZ // 2, dtype=np.int16))
+            self._model = await run_model(self._load)
+            await run_model(self.transcribe, np.zeros(INPUT_SAMPLE_RATE_HZ // 2, dtype=np.int16))
 
     def _load(self):  # noqa: ANN202 - faster_whisper types are optional
         from faster_whisper import WhisperModel
@@ -244,7 +245,7 @@ class WhisperASR(Stage):
                     if finals:
                         job = finals.pop(0)
                         began, fallbacks = time.perf_counter(), self.stats.window_fallbacks
-                        job.text = await anyio.to_thread.run_sync(self.transcribe, job.audio)
+                        job.text = await run_model(self.transcribe, job.audio)
                         tracer.count(job.turn_id, ASR_FINAL_PASS_MS, round(1000.0 * (time.perf_counter() - began)))
                         tracer.count(job.turn_id, ASR_WINDOW_FALLBACKS, self.stats.window_fallbacks - fallbacks)
                         self.stats.finals_run += 1
@@ -253,7 +254,7 @@ class WhisperASR(Stage):
                     turn_id, start, end = partial_request  # type: ignore[misc]
                     partial_request = None
                     audio = clip(max(start, end - MAX_PARTIAL_S * rate), end)
-                    text = await anyio.to_thread.run_sync(self.transcribe_partial, audio)
+                    text = await run_model(self.transcribe_partial, audio)
                     self.stats.partials_run += 1
                     if turn is not None and turn.turn_id == turn_id and text:
                         event = TranscriptPartial(turn_id, text)

@@ -30,7 +30,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 
 from .. import models
@@ -38,6 +37,7 @@ from ..cancellation import CancelToken
 from ..conversation import DEFAULT_SYSTEM_PROMPT
 from ..history_window import estimate_tokens
 from ..llm_engine import RESTART, BlockingEngine, Messages, PromptTokens
+from ..priority import run_model
 from ..responder import (  # noqa: F401  (re-exported: where apps imported them from)
     TOOL_CALL_DONE,
     TOOL_CALL_STARTED,
@@ -370,11 +370,11 @@ class LlamaEngine(BlockingEngine):
         """Load the model and pay llama.cpp's costly first call now (a reply and an end-of-turn score)."""
         if self._llm is not None:
             return
-        self._llm = await anyio.to_thread.run_sync(self._load)
+        self._llm = await run_model(self._load)
         warmup = [{"role": "system", "content": self.warmup_system_prompt}, {"role": "user", "content": "Hi"}]
-        await anyio.to_thread.run_sync(lambda: list(self.stream_reply(warmup, CancelToken(), max_tokens=2)))
+        await run_model(lambda: list(self.stream_reply(warmup, CancelToken(), max_tokens=2)))
         if self.warm_end_of_turn:
-            await anyio.to_thread.run_sync(self.end_of_turn_probability_sync, warmup)
+            await run_model(self.end_of_turn_probability_sync, warmup)
 
     async def aclose(self) -> None:
         """Keep the model: engines are shared (server sessions, tests) and freed with the object."""

@@ -31,6 +31,7 @@ import numpy as np
 from .. import models
 from ..audio import INPUT_SAMPLE_RATE_HZ, AudioFormatError
 from ..frames import AudioFrame, SpeechPaused, SpeechResumed, SpeechStarted, SpeechStopped
+from ..priority import run_model
 from ..stage import Inbox, Outbox, Stage, StageContext
 from ..turn_taking import AUDIO_MODEL, TurnScore
 
@@ -102,8 +103,8 @@ class SmartTurn(Stage):
         self.cost_ms: list[float] = []
 
     async def setup(self, ctx: StageContext) -> None:
-        await anyio.to_thread.run_sync(self.model.load)
-        await anyio.to_thread.run_sync(self.model.predict, np.zeros(INPUT_SAMPLE_RATE_HZ, dtype=np.int16))
+        await run_model(self.model.load)
+        await run_model(self.model.predict, np.zeros(INPUT_SAMPLE_RATE_HZ, dtype=np.int16))
 
     async def run(self, ctx: StageContext, inbox: Inbox, outbox: Outbox) -> None:
         conversation = ctx.conversation
@@ -125,7 +126,7 @@ class SmartTurn(Stage):
                     turn_id, end_ms, audio = request
                     request = None
                     began = time.perf_counter()
-                    probability = await anyio.to_thread.run_sync(self.model.predict, audio)
+                    probability = await run_model(self.model.predict, audio)
                     cost_ms = 1000.0 * (time.perf_counter() - began)
                     self.calls += 1
                     self.cost_ms.append(cost_ms)

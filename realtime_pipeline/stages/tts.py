@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import anyio
 import numpy as np
 
 from .. import models
 from ..audio import resample, speech_level_dbfs, trim_leading_silence
 from ..cancellation import CancelToken
 from ..frames import ReplyAudio, TextChunk
+from ..priority import run_model
 from ..stage import Inbox, Outbox, Stage, StageContext, send_unless_cancelled
 from ..tracing import TTS_FIRST_AUDIO
 
@@ -51,8 +51,8 @@ class PiperTTS(Stage):
 
     async def setup(self, ctx: StageContext) -> None:
         if self._voice is None:
-            self._voice = await anyio.to_thread.run_sync(self._load)
-            await anyio.to_thread.run_sync(self.synthesize, "Hello.", CancelToken())
+            self._voice = await run_model(self._load)
+            await run_model(self.synthesize, "Hello.", CancelToken())
 
     def _load(self) -> Any:
         from piper import PiperVoice
@@ -105,7 +105,7 @@ class PiperTTS(Stage):
             response = frame.response
             if response.cancelled:
                 continue
-            samples = await anyio.to_thread.run_sync(self.synthesize, frame.text, response.token)
+            samples = await run_model(self.synthesize, frame.text, response.token)
             if frame.index == 0:  # the reply's first sound plays at once (the voice's lead-in is latency)
                 samples = trim_leading_silence(samples, rate)
             if response.cancelled or samples.size == 0:

@@ -1,23 +1,22 @@
-"""Model calls yield the CPU to the audio: the worker threads that run them are niced.
+"""Model calls on worker threads: numpy's BLAS kept to the calling thread, and an opt-in nice.
 
-On a small machine Whisper, the LLM and Piper keep every core busy while a reply plays (the
-next sentence is synthesized, the LLM goes on writing). The event loop that paces the audio
-(the VAD, the echo stage, a WebRTC call's 10 ms packets) and a browser playing the reply on
-the same machine then wait for them, and Chromium's jitter buffer grows to cover the late
-pulls of its audio thread. A thread at nice 10 still gets every cycle nothing else wants, so
-an idle machine runs the models as fast as before; it gives the cores up at once when the
-audio needs them (CFS weights: 110 against 1024 for nice 0). docs/webrtc.md, "Models at a
-lower priority", has the measurement behind the default.
+**BLAS** (:func:`one_blas_thread`, always): numpy's OpenBLAS starts a worker thread when numpy is
+imported and it spins after each call; the only matrix products of a turn are the mel filterbanks,
+where that thread costs more CPU than it saves (a spoken turn 3.1-3.3 s of CPU with it, 2.5-2.8 s
+without).
 
-Linux only: there nice is per thread and the threads a thread starts inherit it, so the pools
-a model library starts from a niced thread (CTranslate2's workers, ONNX Runtime's and
-llama.cpp's) are niced too; elsewhere ``setpriority`` would lower the whole process, event loop
-included, and nothing is changed. An unprivileged thread cannot raise its priority again, so a
-worker thread stays niced for whatever anyio runs on it later (which then waits for the event
-loop, as the models do).
-
-BLAS is kept to the calling thread for the same reason (:func:`one_blas_thread`): OpenBLAS starts
-its workers when numpy is imported, so they are not niced, and they spin after each call.
+**Nice** (``REALTIME_PIPELINE_MODEL_NICE=N``, off by default): model calls run on worker threads
+niced to N (Linux, where nice is per thread and the pools a library starts from a thread inherit
+it), so the event loop that paces the audio and a browser on the same machine come first: on 2
+shared cores WebRTC's share of voice-to-voice went 60 (IQR 35-94) -> 57 ms (IQR 52-67) at 10 and
+the browser's jitter buffer 41-71 -> 32-39 ms (docs/webrtc.md). Not the default because the models
+then also yield to any other CPU-bound work at nice 0 in their scheduling group, and they yield
+far more than their weight says: their threads wait for each other at every step, so the one
+sharing a core sets the pace. With one busy loop on one of 2 cores the page test's first
+voice-to-voice was 2.2 s at nice 0, 12.1 s at 4 and 29.5 s at 10. Elsewhere than Linux
+``setpriority`` would lower the whole process, event loop included: nothing is niced there. An
+unprivileged thread cannot raise its priority again, so a worker thread stays niced for whatever
+anyio runs on it later.
 """
 
 from __future__ import annotations
@@ -33,10 +32,9 @@ from threadpoolctl import ThreadpoolController
 
 T = TypeVar("T")
 
-#: The niceness of model threads; ``REALTIME_PIPELINE_MODEL_NICE=0`` leaves threads (and numpy's
-#: BLAS) as they are.
-#: 10: the browser's jitter buffer and WebRTC's share of voice-to-voice on 2 shared cores (docs/webrtc.md).
-MODEL_THREAD_NICE = int(os.environ.get("REALTIME_PIPELINE_MODEL_NICE", "10"))
+#: The niceness of model threads (``REALTIME_PIPELINE_MODEL_NICE``); 0, the default, leaves them
+#: as they are (see the module's docstring for what 10 buys and costs).
+MODEL_THREAD_NICE = int(os.environ.get("REALTIME_PIPELINE_MODEL_NICE", "0"))
 
 _thread = threading.local()
 _blas_lock = threading.Lock()
@@ -74,8 +72,8 @@ def one_blas_thread() -> None:
     only matrix products of a turn are Whisper's and the turn model's mel filterbank (80 x 201 by
     201 x up to 3000), where OpenBLAS's second thread saves a few ms and its spinning after each call
     costs far more: a spoken turn on the embedded models used 3.1-3.3 s of CPU with it and
-    2.5-2.8 s without (``tests/test_priority.py``'s turn, 3 runs each), 0.3 s of it in that
-    thread, which OpenBLAS starts when numpy is imported, so at the audio's priority."""
+    2.5-2.8 s without (a real turn through ``voice_pipeline``, 3 runs each), 0.3 s of it in that
+    thread, which OpenBLAS starts when numpy is imported (so it is never niced)."""
     global _blas_limited
     with _blas_lock:
         if not _blas_limited:
@@ -84,12 +82,13 @@ def one_blas_thread() -> None:
 
 
 def _at_model_priority(function: Callable[..., T], *args: object) -> T:
+    one_blas_thread()
     if MODEL_THREAD_NICE > 0:
         lower_this_thread()
-        one_blas_thread()
     return function(*args)
 
 
 async def run_model(function: Callable[..., T], *args: object) -> T:
-    """``anyio.to_thread.run_sync(function, *args)`` on a worker thread niced for model work."""
+    """``anyio.to_thread.run_sync(function, *args)`` for model work: BLAS in that thread, and the
+    thread niced to :data:`MODEL_THREAD_NICE` when that is set."""
     return await anyio.to_thread.run_sync(_at_model_priority, function, *args)

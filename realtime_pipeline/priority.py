@@ -75,6 +75,8 @@ def one_blas_thread() -> None:
     2.5-2.8 s without (a real turn through ``voice_pipeline``, 3 runs each), 0.3 s of it in that
     thread, which OpenBLAS starts when numpy is imported (so it is never niced)."""
     global _blas_limited
+    if _blas_limited:  # every model call (each LLM token) comes here: no lock once done
+        return
     with _blas_lock:
         if not _blas_limited:
             ThreadpoolController().limit(limits=1, user_api="blas")  # kept: not used as a context

@@ -5,8 +5,8 @@ bounded anyio memory streams, so a slow stage slows its producer instead of
 piling frames up in memory. A stage forwards every frame it does not consume
 (the pipeline never relies on a stage remembering more than that), drops
 frames of cancelled responses, and runs blocking model calls in worker threads
-with :func:`realtime_pipeline.priority.run_model` (niced: the audio comes first),
-checking the response's token between tokens or chunks.
+with :func:`realtime_pipeline.priority.run_model` (BLAS kept to that thread; niced
+on request), checking the response's token between tokens or chunks.
 """
 
 from __future__ import annotations

@@ -85,22 +85,17 @@ class FakeMicrophone:
     speech_end_s: list[float]  # per clip, from the WAV's start
 
 
-def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0, gap_s: float | Sequence[float] = 9.0,
+def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0, gap_s: float = 9.0,
                         audio_dir: Path = DEFAULT_AUDIO_DIR) -> FakeMicrophone:
-    """48 kHz mono WAV: silence, then each clip followed by ``gap_s`` of silence (time for the
-    answer; one per clip, or one for all: a gap shorter than the answer makes the next clip
-    talk over it)."""
-    gaps = [float(gap_s)] * len(clips) if isinstance(gap_s, (int, float)) else [float(g) for g in gap_s]
-    if len(gaps) != len(clips):
-        raise ValueError(f"one gap per clip: {len(clips)} clips, {len(gaps)} gaps")
+    """48 kHz mono WAV: silence, then each clip followed by ``gap_s`` of silence (time for the answer)."""
     parts = [np.zeros(int(MIC_RATE_HZ * lead_s), dtype=np.int16)]
     ends = []
     position = len(parts[0])
-    for name, gap in zip(clips, gaps):
+    for name in clips:
         samples, rate = read_wav(audio_dir / name)
         ends.append((position + last_voiced_sample(samples, rate) * MIC_RATE_HZ / rate) / MIC_RATE_HZ)
         clip = resample(samples, rate, MIC_RATE_HZ).astype(np.int16)
-        parts += [clip, np.zeros(int(MIC_RATE_HZ * gap), dtype=np.int16)]
+        parts += [clip, np.zeros(int(MIC_RATE_HZ * gap_s), dtype=np.int16)]
         position += len(clip) + len(parts[-1])
     audio = np.concatenate(parts)
     with wave.open(str(path), "wb") as out:
@@ -151,8 +146,6 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
             result = {
                 "user": await page.locator("#log li.user .text").all_inner_texts(),
                 "assistant": await page.locator("#log li.assistant .text").all_inner_texts(),
-                "responses": await page.evaluate(  # [response_id, marked interrupted], in the order they showed
-                    "[...rp.responses].map(([id, li]) => [id, li.classList.contains('interrupted')])"),
                 "measurements": await page.evaluate("rp.measurements"),
                 "stats": await page.evaluate("rp.linkStats()"),
                 "error_shown": await page.locator("#error").is_visible(),

@@ -12,7 +12,7 @@ shared cores WebRTC's share of voice-to-voice went 60 (IQR 35-94) -> 57 ms (IQR 
 the browser's jitter buffer 41-71 -> 32-39 ms (docs/webrtc.md). Not the default because the models
 then also yield to any other CPU-bound work at nice 0 in their scheduling group, and they yield
 far more than their weight says: their threads wait for each other at every step, so the one
-sharing a core sets the pace. With one busy loop on one of 2 cores the page test's first
+sharing a core sets the pace. With one busy loop on one of 2 cores a Chromium page turn's first
 voice-to-voice was 2.2 s at nice 0, 12.1 s at 4 and 29.5 s at 10. Elsewhere than Linux
 ``setpriority`` would lower the whole process, event loop included: nothing is niced there. An
 unprivileged thread cannot raise its priority again, so a worker thread stays niced for whatever

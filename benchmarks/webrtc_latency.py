@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,19 +83,26 @@ class FakeMicrophone:
     path: Path
     samples: np.ndarray  # 48 kHz int16
     speech_end_s: list[float]  # per clip, from the WAV's start
+    clip_start_s: list[float] = field(default_factory=list)  # per clip, where its file begins in the WAV
 
 
-def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0, gap_s: float = 9.0,
+def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0, gap_s: float | Sequence[float] = 9.0,
                         audio_dir: Path = DEFAULT_AUDIO_DIR) -> FakeMicrophone:
-    """48 kHz mono WAV: silence, then each clip followed by ``gap_s`` of silence (time for the answer)."""
+    """48 kHz mono WAV: silence, then each clip followed by ``gap_s`` of silence (time for the
+    answer; one per clip, or one for all: a gap shorter than the answer makes the next clip
+    talk over it)."""
+    gaps = [float(gap_s)] * len(clips) if isinstance(gap_s, (int, float)) else [float(g) for g in gap_s]
+    if len(gaps) != len(clips):
+        raise ValueError(f"one gap per clip: {len(clips)} clips, {len(gaps)} gaps")
     parts = [np.zeros(int(MIC_RATE_HZ * lead_s), dtype=np.int16)]
-    ends = []
+    ends, starts = [], []
     position = len(parts[0])
-    for name in clips:
+    for name, gap in zip(clips, gaps):
         samples, rate = read_wav(audio_dir / name)
+        starts.append(position / MIC_RATE_HZ)
         ends.append((position + last_voiced_sample(samples, rate) * MIC_RATE_HZ / rate) / MIC_RATE_HZ)
         clip = resample(samples, rate, MIC_RATE_HZ).astype(np.int16)
-        parts += [clip, np.zeros(int(MIC_RATE_HZ * gap_s), dtype=np.int16)]
+        parts += [clip, np.zeros(int(MIC_RATE_HZ * gap), dtype=np.int16)]
         position += len(clip) + len(parts[-1])
     audio = np.concatenate(parts)
     with wave.open(str(path), "wb") as out:
@@ -103,7 +110,7 @@ def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0
         out.setsampwidth(2)
         out.setframerate(MIC_RATE_HZ)
         out.writeframes(audio.tobytes())
-    return FakeMicrophone(path, audio, ends)
+    return FakeMicrophone(path, audio, ends, starts)
 
 
 async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, screenshot: Path | None = None, *,
@@ -146,6 +153,8 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
             result = {
                 "user": await page.locator("#log li.user .text").all_inner_texts(),
                 "assistant": await page.locator("#log li.assistant .text").all_inner_texts(),
+                "responses": await page.evaluate(  # [response_id, marked interrupted], in the order they showed
+                    "[...rp.responses].map(([id, li]) => [id, li.classList.contains('interrupted')])"),
                 "measurements": await page.evaluate("rp.measurements"),
                 "stats": await page.evaluate("rp.linkStats()"),
                 "error_shown": await page.locator("#error").is_visible(),
@@ -254,6 +263,18 @@ def received_offset(wav: np.ndarray, received: np.ndarray) -> tuple[int, float]:
     return lag, peak
 
 
+def received_audio(probe: Probe, mic: FakeMicrophone) -> tuple[Any, list[tuple[float, np.ndarray]], np.ndarray, np.ndarray, np.ndarray, int, float]:
+    """The last call's session, its received pieces (arrival, 16 kHz), where each piece ends, the
+    received stream, the WAV at 16 kHz, and the WAV's lead over the stream (``received_offset``)."""
+    session = probe.sessions[-1]
+    pieces = probe.inputs[session.id]
+    received = np.concatenate([samples for _, samples in pieces])
+    piece_ends = np.cumsum([len(samples) for _, samples in pieces])
+    wav16 = resample(mic.samples, MIC_RATE_HZ, INPUT_SAMPLE_RATE_HZ)
+    lag, peak = received_offset(wav16, received)
+    return session, pieces, piece_ends, received, wav16, lag, peak
+
+
 # -- one turn's hops ------------------------------------------------------------------------
 HOPS = ("page_start_error", "input_path", "vad_end", "server_voice_to_voice", "track_wait", "reply_silent_start",
         "output_path", "browser_measured", "true_browser_voice_to_voice", "webrtc_added", "reply_quiet_to_loud",
@@ -292,12 +313,7 @@ def analyse(mic: FakeMicrophone, page: dict[str, Any], probe: Probe, epoch_offse
         return 1000.0 * (monotonic_s + epoch_offset_s)
 
     start_ms, level_match = wav_start_on_page(mic, page["trace"], page["mic_opened_at_ms"], page["audio_rate_hz"] or MIC_RATE_HZ)
-    session = probe.sessions[-1]
-    pieces = probe.inputs[session.id]
-    received = np.concatenate([samples for _, samples in pieces])
-    piece_ends = np.cumsum([len(samples) for _, samples in pieces])
-    wav16 = resample(mic.samples, MIC_RATE_HZ, INPUT_SAMPLE_RATE_HZ)
-    lag, peak = received_offset(wav16, received)
+    session, pieces, piece_ends, received, wav16, lag, peak = received_audio(probe, mic)
     polls = np.asarray(page["trace"])
     truth_ms = [start_ms + 1000.0 * end_s for end_s in mic.speech_end_s]
     rows = []
@@ -412,12 +428,33 @@ class CorePinning:
         self._thread.join(timeout=5)
 
 
-def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
-        pin_browser: bool = False, packet_ms: int | None = None) -> dict[str, Any]:
+@contextlib.contextmanager
+def serving(engines: Any, session_options: Any) -> Iterator[int]:
+    """The Realtime server on 127.0.0.1 in a thread (API key "local"); yields its port."""
     import uvicorn
 
-    from realtime_pipeline.server import Engines, ServerOptions, SessionOptions, create_app, uvicorn_config
+    from realtime_pipeline.server import ServerOptions, create_app, uvicorn_config
     from realtime_pipeline.server.app import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(create_app(engines, ServerOptions(api_key="local", session=session_options)), "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the server did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
+        pin_browser: bool = False, packet_ms: int | None = None) -> dict[str, Any]:
+    from realtime_pipeline.server import Engines, SessionOptions
 
     probe = Probe()
     probe.install()
@@ -427,18 +464,8 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
     session_options = SessionOptions(output_lead_ms=output_lead_ms, instructions=instructions)
     if packet_ms is not None:
         session_options = dataclasses.replace(session_options, webrtc_packet_ms=packet_ms)
-    options = ServerOptions(api_key="local", session=session_options)
-    port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(engines, options), "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
     load_before = os.getloadavg()
-    try:
+    with serving(engines, session_options) as port:
         with tempfile.TemporaryDirectory() as tmp:
             mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
             epoch_offset_s = time.time() - time.monotonic()
@@ -447,9 +474,6 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
                                                    timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
             browser_tasks = pinning.browser_tasks if pinning is not None else None
             drift_ms = 1000.0 * (time.time() - time.monotonic() - epoch_offset_s)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
     result = analyse(mic, page, probe, epoch_offset_s)
     result["pinned_browser_tasks"] = browser_tasks
     arrivals = [len(samples) for received in probe.inputs.values() for _, samples in received]

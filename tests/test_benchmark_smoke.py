@@ -202,7 +202,8 @@ def test_barge_in_rejects_echo_path_fits_outside_the_double_talk_path(argv: list
                                                    ("echo_sim", ["--long-every", "-1"], "--long-every must be 0 or more"),
                                                    ("first_reply", ["--rooms", "7"], "--rooms takes indexes"),
                                                    ("first_reply", ["--replies", "0"], "--replies must be at least 1"),
-                                                   ("first_reply", ["--user", "nobody.wav"], "no such recording")])
+                                                   ("first_reply", ["--user", "nobody.wav"], "no such recording"),
+                                                   ("webrtc_barge_in", ["--delays-s", "1,soon"], "--delays-s takes seconds")])
 def test_echo_benchmarks_reject_bad_options_before_loading_anything(module: str, argv: list[str], message: str,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import importlib
@@ -226,6 +227,27 @@ def test_the_webrtc_benchmarks_pacing_view_weighs_half_seconds_as_neteq_does() -
     spiky = on_time.copy()
     spiky[::60] += 22.0  # one packet 22 ms late every 0.6 s: most half seconds hold one
     assert neteq_pacing_view(spiky, 10)["share_over_20_ms"] > 0.5
+
+
+def test_the_fake_microphone_places_each_clip_after_its_own_gap(tmp_path) -> None:
+    """webrtc_barge_in's microphone: a short gap after the question puts the next clip over the reply."""
+    from benchmarks.webrtc_barge_in import level_dbfs
+    from benchmarks.webrtc_latency import MIC_RATE_HZ, fake_microphone_wav
+    from realtime_pipeline.audio import read_wav
+
+    clips = ["ps_cards_003.wav", "mfa_um.wav"]
+    mic = fake_microphone_wav(tmp_path / "mic.wav", clips, lead_s=0.5, gap_s=[2.0, 1.0])
+    first, rate = read_wav(Path("tests/data/speech") / clips[0])
+    assert mic.clip_start_s[0] == pytest.approx(0.5)
+    assert mic.clip_start_s[1] == pytest.approx(0.5 + len(first) / rate + 2.0, abs=1e-3)
+    assert mic.clip_start_s[0] < mic.speech_end_s[0] < mic.clip_start_s[1] < mic.speech_end_s[1]
+    second, second_rate = read_wav(Path("tests/data/speech") / clips[1])
+    assert len(mic.samples) / MIC_RATE_HZ == pytest.approx(mic.clip_start_s[1] + len(second) / second_rate + 1.0, abs=0.01)
+    with pytest.raises(ValueError, match="one gap per clip"):
+        fake_microphone_wav(tmp_path / "bad.wav", clips, gap_s=[2.0])
+    tone = (3276.8 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000)).astype(np.int16)  # 0.1 full scale
+    assert level_dbfs(tone) == pytest.approx(-23.0, abs=0.1)  # its RMS: -20 dB - 3 dB
+    assert level_dbfs(np.zeros(100, dtype=np.int16)) == -120.0  # shorter than a window
 
 
 def test_the_oracle_filter_is_the_rooms_own_echo_path() -> None:

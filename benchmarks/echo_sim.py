@@ -129,19 +129,22 @@ def synthesize_replies(tts: Any, texts: Sequence[str] = REPLY_TEXTS) -> list[np.
 
 
 def stage_for(mode: str, *, aec_floor_margin_db: float | None = AEC_FLOOR_MARGIN_DB, residual_for_asr: bool = True,
-              echo_path_fit: bool = False) -> Any:
+              echo_path_fit: bool = False, high_band: bool = True) -> Any:
     """A fresh echo stage (offline: its ``process`` is called directly); ``aec_floor_margin_db``
-    is the double-talk detector's (None: no AEC3 floor veto, as before 2026-12-04),
-    ``residual_for_asr`` and ``echo_path_fit`` the stage's (False: the ASR hears what the VAD
-    hears; True: least-squares fits of the echo path beside the NLMS filter, opt-in)."""
+    is the double-talk detectors' (None: no AEC3 floor veto, as before 2026-12-04),
+    ``residual_for_asr``, ``echo_path_fit`` and ``high_band`` the stage's (False: the ASR hears what the VAD
+    hears; True: least-squares fits of the echo path beside the NLMS filter, opt-in; False: the
+    speech band's detector alone, as before 2026-12-05)."""
     output = MemoryOutput(RATE)
     if mode == "aec":
         return EchoCancellation(output, canceller=EchoCanceller(), double_talk=False)
     if mode == "double-talk":
         stage = EchoCancellation(output, canceller=EchoCanceller(), double_talk=True, residual_for_asr=residual_for_asr,
-                                 echo_path_fit=echo_path_fit)
+                                 echo_path_fit=echo_path_fit, high_band=high_band)
         assert stage.near_end is not None
-        stage.near_end.aec_floor_margin_db = aec_floor_margin_db
+        for detector in (stage.near_end, stage.near_end_high):
+            if detector is not None:
+                detector.aec_floor_margin_db = aec_floor_margin_db
         return stage
     if mode == "gate":
         return EchoGate(output)
@@ -350,6 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="voiced audio a barge-in needs over the reply while the echo may reach the VAD: the gate (the "
                         "fallback) always, AEC3 before it has heard the room without the start sound (default %(default)s)")
     parser.add_argument("--gated-asr", action="store_true", help="double talk: the ASR hears what the VAD hears (no residual)")
+    parser.add_argument("--no-high-band", action="store_true",
+                        help="double talk: the speech band's detector alone, no 2-4 kHz one (EchoCancellation(high_band=False))")
     parser.add_argument("--oracle-filter", action="store_true",
                         help="double talk: its linear filter starts as the room's true echo path (what convergence is worth)")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write per-attempt outcomes and summaries as JSON")
@@ -395,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     EchoRoomSettings(delay_ms=args.echo_delay_ms, gain_db=args.echo_gain_db, rt60_ms=args.echo_rt60_ms, seed=seed))
             order = np.random.default_rng(seed).permutation(len(files))[: args.attempts]
             def make_stage(mode: str = mode, room: EchoRoomSettings = room) -> Any:
-                stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr,
+                stage = stage_for(mode, aec_floor_margin_db=margin_db, residual_for_asr=not args.gated_asr, high_band=not args.no_high_band,
                                   echo_path_fit=args.echo_path_fit)
                 if args.oracle_filter:
                     set_true_echo_path(stage, room)

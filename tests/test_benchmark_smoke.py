@@ -229,6 +229,17 @@ def test_the_webrtc_benchmarks_pacing_view_weighs_half_seconds_as_neteq_does() -
     assert neteq_pacing_view(spiky, 10)["share_over_20_ms"] > 0.5
 
 
+def test_the_barge_in_benchmark_can_shuffle_its_speakers() -> None:
+    """--shuffle: the seed's same recordings, in an order drawn with the seed (by name the MFA ones come first)."""
+    from benchmarks.barge_in import default_files
+
+    by_name = default_files(12, 4)
+    assert by_name == sorted(by_name) and by_name[0].name.startswith("mfa_")
+    shuffled = default_files(12, 4, shuffle=True)
+    assert sorted(shuffled) == by_name and shuffled != by_name
+    assert default_files(12, 4, shuffle=True) == shuffled  # the seed decides
+
+
 def test_the_fake_microphone_places_each_clip_after_its_own_gap(tmp_path) -> None:
     """webrtc_barge_in's microphone: a short gap after the question puts the next clip over the reply."""
     from benchmarks.webrtc_barge_in import level_dbfs

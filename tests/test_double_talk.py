@@ -179,3 +179,54 @@ def test_a_frame_at_aec3s_floor_is_never_near_end():
     for residual, aec in zip(-35.0 + rng.normal(0, 2, 150), -93.0 + rng.normal(0, 0.5, 150)):
         without.learn(float(residual), float(aec))
     assert [without.is_near_end(loud, floor - 1) for _ in range(3)] == [False, False, True]
+
+
+def _band_noise(rng: np.random.Generator, level_dbfs: float, band_hz: tuple[float, float], n: int = BLOCK) -> np.ndarray:
+    """Noise with its power in ``band_hz`` only, at ``level_dbfs`` RMS."""
+    spectrum = np.fft.rfft(rng.normal(0, 1, n))
+    freqs = np.fft.rfftfreq(n, 1 / RATE)
+    spectrum[(freqs < band_hz[0]) | (freqs > band_hz[1])] = 0
+    noise = np.fft.irfft(spectrum, n)
+    return noise * 32768 * 10 ** (level_dbfs / 20) / np.sqrt(np.mean(noise**2))
+
+
+@pytest.mark.parametrize("high_band", [True, False])
+def test_a_soft_consonant_under_a_loud_voiced_echo_is_heard_in_the_high_band(high_band: bool):
+    # a reply whose echo (and the filter's leak) is mostly under 2 kHz, and a user starting with a
+    # soft "s" in 2-4 kHz: in the whole speech band the leak hides them, in 2-4 kHz they stand out
+    from realtime_pipeline.echo_cancel import EchoCancellation
+    from realtime_pipeline.io.outputs import MemoryOutput
+
+    stage = EchoCancellation(MemoryOutput(RATE), double_talk=True, high_band=high_band)
+    stage.linear = _PassThrough()  # the residual is the microphone: the leak and the user below
+    rng = np.random.default_rng(5)
+
+    def far() -> np.ndarray:
+        return _band_noise(rng, -20, (200, 1500)) + _band_noise(rng, -40, (2000, 4000))
+
+    def step(capture: np.ndarray, reference: np.ndarray, aec_removed_db: float) -> np.ndarray:
+        capture, reference = np.round(capture).astype(np.int16), np.round(reference).astype(np.int16)
+        cancelled = np.round(capture * 10 ** (-aec_removed_db / 20)).astype(np.int16)  # AEC3's output
+        return stage._double_talk(capture, reference, cancelled, capture.copy())
+
+    def leak(reference: np.ndarray) -> np.ndarray:  # what a filter removing 30 dB leaves
+        return reference * 10 ** (-30 / 20)
+
+    for _ in range(200):  # echo alone: both lines are drawn, AEC3 removes 40 dB
+        reference = far()
+        step(leak(reference) + rng.normal(0, 1, BLOCK), reference, 40.0)
+    assert stage.near_end is not None and stage.near_end.threshold_db is not None
+    assert stage.near_end.near_end_frames == 0 and stage.high_band_frames == 0  # no false alarm on the echo
+    passed = []
+    for _ in range(10):  # the user: -50 dBFS in 2-4 kHz, 20 dB under the leak's whole-band level
+        reference = far()
+        capture = leak(reference) + _band_noise(rng, -50, (2000, 4000))
+        out = step(capture, reference, 10.0)  # AEC3 lets a little through: no veto
+        passed.append(bool(np.array_equal(out, np.round(capture).astype(np.int16))))
+    assert stage.near_end.near_end_frames == 0  # the speech band's detector never hears them
+    if high_band:
+        assert stage.near_end_high is not None
+        assert passed == [False, False] + [True] * 8  # three frames over the line confirm it
+        assert stage.high_band_frames == 8
+    else:
+        assert stage.near_end_high is None and passed == [False] * 10

@@ -139,7 +139,7 @@ SPEECH_BAND_HZ = (200, 4000)
 #: in the whole speech band. ``python -m benchmarks.echo_sim --sessions 16 --first-seed 8``
 #: (2026-12-05): barge-in p95 522 → 410 ms and users missed 13 → 3 (every user 400 ms into a
 #: reply), 457 → 261 ms and 5 → 0 (every third later), self-interruptions 2 → 0 and 0 → 0; live
-#: (``benchmarks.barge_in``, eight seeds) p95 564 → 304 ms, the users' WER 0.203 → 0.180.
+#: (``benchmarks.barge_in``, eight seeds) p95 564 → 304 and 384 ms, the users' WER 0.203 → 0.18.
 #: 2-7.5 kHz did as well offline, but above 4 kHz the filter's weights are the least learnt
 #: and a reply stopping dead sends its click there (:data:`SPEECH_BAND_HZ`).
 HIGH_BAND_HZ = (2000, 4000)

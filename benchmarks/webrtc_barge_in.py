@@ -41,7 +41,7 @@ from .barge_in import speech_onset_sample
 from .webrtc_latency import CHROMIUM, MIC_RATE_HZ, REPLY_ONSET_RMS, Probe, fake_microphone_wav, received_audio, serving, talk_in_chromium
 
 #: SmolLM2's first replies to the question under these, 10 seeds: 41-104 words (31-106 with "at least
-#: five sentences" and without "Never stop early"), i.e. 15 s and more of speech.
+#: five sentences" and without "Never stop early"), i.e. about 15 s and more of speech (14-29 s played in the benchmark).
 INSTRUCTIONS = "Answer every message with a long story of at least ten sentences. Never stop early."
 #: Windows of the level figures: 20 ms at 16 kHz.
 WINDOW = INPUT_SAMPLE_RATE_HZ // 50

@@ -38,7 +38,7 @@ import numpy as np
 from realtime_pipeline.audio import INPUT_SAMPLE_RATE_HZ
 
 from .barge_in import speech_onset_sample
-from .webrtc_latency import CHROMIUM, MIC_RATE_HZ, REPLY_ONSET_RMS, Probe, fake_microphone_wav, received_audio, serving, talk_in_chromium
+from .webrtc_latency import CHROMIUM, MIC_RATE_HZ, REPLY_ONSET_RMS, Probe, fake_microphone_wav, received_audio, talk_in_chromium
 
 #: SmolLM2's first replies to the question under these, 10 seeds: 41-104 words (31-106 with "at least
 #: five sentences" and without "Never stop early"), i.e. about 15 s and more of speech (14-29 s played in the benchmark).
@@ -63,9 +63,13 @@ def one_call(engines: Any, session_options: Any, probe: Probe, question: str, in
     probe.inputs.clear()
     probe.frames.clear()
     probe.events.clear()
-    with serving(engines, session_options) as port, tempfile.TemporaryDirectory() as tmp:
+    from realtime_pipeline.server import ServerOptions
+
+    from .server_load import Server
+
+    with Server(engines, ServerOptions(api_key="local", session=session_options)) as server, tempfile.TemporaryDirectory() as tmp:
         mic = fake_microphone_wav(Path(tmp) / "mic.wav", [question, interrupter], gap_s=[gap_s, 9.0])
-        page = anyio.run(functools.partial(talk_in_chromium, port, mic.path, Path(tmp) / "profile", 2,
+        page = anyio.run(functools.partial(talk_in_chromium, server.port, mic.path, Path(tmp) / "profile", 2,
                                            timeout_s=len(mic.samples) / MIC_RATE_HZ + 10.0))
     _, pieces, arrivals, received, wav16, lag, correlation = received_audio(probe, mic)
     start = round(mic.clip_start_s[1] * INPUT_SAMPLE_RATE_HZ)

@@ -47,7 +47,7 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -428,33 +428,11 @@ class CorePinning:
         self._thread.join(timeout=5)
 
 
-@contextlib.contextmanager
-def serving(engines: Any, session_options: Any) -> Iterator[int]:
-    """The Realtime server on 127.0.0.1 in a thread (API key "local"); yields its port."""
-    import uvicorn
-
-    from realtime_pipeline.server import ServerOptions, create_app, uvicorn_config
-    from realtime_pipeline.server.app import free_port
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn_config(create_app(engines, ServerOptions(api_key="local", session=session_options)), "127.0.0.1", port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
         pin_browser: bool = False, packet_ms: int | None = None) -> dict[str, Any]:
-    from realtime_pipeline.server import Engines, SessionOptions
+    from realtime_pipeline.server import Engines, ServerOptions, SessionOptions
+
+    from .server_load import Server
 
     probe = Probe()
     probe.install()
@@ -465,7 +443,8 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
     if packet_ms is not None:
         session_options = dataclasses.replace(session_options, webrtc_packet_ms=packet_ms)
     load_before = os.getloadavg()
-    with serving(engines, session_options) as port:
+    with Server(engines, ServerOptions(api_key="local", session=session_options)) as server:
+        port = server.port
         with tempfile.TemporaryDirectory() as tmp:
             mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
             epoch_offset_s = time.time() - time.monotonic()

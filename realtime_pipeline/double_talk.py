@@ -40,6 +40,7 @@ structure of speexdsp's MDF and AEC3's own linear stage), in numpy.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -145,19 +146,30 @@ SPEECH_BAND_HZ = (200, 4000)
 HIGH_BAND_HZ = (2000, 4000)
 
 
-def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND_HZ,
-                  sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> float:
-    """Level of ``samples`` (int16 scale) within ``band_hz``, in dB relative to full scale.
+def band_levels_db(samples: np.ndarray, bands_hz: Sequence[tuple[int, int]] = (SPEECH_BAND_HZ,), *,
+                   sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> list[float]:
+    """Level of ``samples`` (int16 scale) within each of ``bands_hz``, in dB relative to full
+    scale, from one spectrum.
 
-    A Hann window keeps most energy outside the band out of it; not all of it at 10 ms
+    A Hann window keeps most energy outside a band out of it; not all of it at 10 ms
     (a 50 Hz hum still reads 18 dB down, :data:`SPEECH_BAND_HZ`)."""
     window = np.hanning(len(samples))
     spectrum = np.abs(np.fft.rfft(np.asarray(samples, dtype=np.float64) * window)) ** 2
     resolution_hz = sample_rate_hz / len(samples)
-    low, high = int(np.ceil(band_hz[0] / resolution_hz)), int(band_hz[1] // resolution_hz) + 1
     # Parseval, with the window's power: a full-band signal's band level matches its share of the power
-    power = 2.0 * float(np.sum(spectrum[low:high])) / (len(samples) * float(np.sum(window**2)))
-    return float(10.0 * np.log10(power / 32768.0**2 + 1e-12))
+    scale = 2.0 / (len(samples) * float(np.sum(window**2)))
+    levels = []
+    for low_hz, high_hz in bands_hz:
+        low, high = int(np.ceil(low_hz / resolution_hz)), int(high_hz // resolution_hz) + 1
+        power = scale * float(np.sum(spectrum[low:high]))
+        levels.append(float(10.0 * np.log10(power / 32768.0**2 + 1e-12)))
+    return levels
+
+
+def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND_HZ,
+                  sample_rate_hz: int = INPUT_SAMPLE_RATE_HZ) -> float:
+    """Level of ``samples`` within ``band_hz`` (:func:`band_levels_db` for one band)."""
+    return band_levels_db(samples, (band_hz,), sample_rate_hz=sample_rate_hz)[0]
 
 
 #: Defaults of :class:`NearEndDetector`, measured offline in the echo room (the 30 bundled

@@ -39,7 +39,7 @@ import anyio
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
-from .double_talk import HIGH_BAND_HZ, LinearEchoFilter, NearEndDetector, band_level_db
+from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, LinearEchoFilter, NearEndDetector, band_levels_db
 from .echo_calibration import CalibrationSchedule, calibration_sound
 from .echo_path_fit import FIT_DETECTOR_FRAMES, EchoPathFit
 from .frames import AudioFrame
@@ -462,8 +462,9 @@ class EchoCancellation(_ReferenceStage):
         self.hangover_frames = hangover_ms // FRAME_MS
         self._hangover = 0
         self._far_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
-        self._far_band_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
-        self._far_high_db: deque[float] = deque(maxlen=GATE_WINDOW_MS // FRAME_MS)
+        # the detectors' bands (the speech band's first), and the far end's level in each, last 400 ms
+        self._bands_hz = [SPEECH_BAND_HZ, HIGH_BAND_HZ] if self.near_end_high is not None else [SPEECH_BAND_HZ]
+        self._far_bands_db = [deque(maxlen=GATE_WINDOW_MS // FRAME_MS) for _ in self._bands_hz]
         self._quiet_frames = 0  # far-end frames in a row under DOUBLE_TALK_PAUSED_DBFS
         self._since_pause: int | None = None  # frames since the last pause ended (None: none pending)
         self._onset_frames = 0  # frames left of the current far-end onset (DOUBLE_TALK_ONSET_MS)
@@ -593,9 +594,8 @@ class EchoCancellation(_ReferenceStage):
         level_db = ResidualGate._level_db
         far_db = level_db(reference[piece])
         self._far_db.append(far_db)
-        self._far_band_db.append(band_level_db(reference[piece]))
-        if self.near_end_high is not None:
-            self._far_high_db.append(band_level_db(reference[piece], band_hz=HIGH_BAND_HZ))
+        for history, far_band_db in zip(self._far_bands_db, band_levels_db(reference[piece], self._bands_hz)):
+            history.append(far_band_db)
         self._track_onset(far_db)
         if max(self._far_db) < GATE_AUDIBLE_DBFS:  # nothing plays: AEC3's output is the microphone
             self._hangover = 0
@@ -603,13 +603,17 @@ class EchoCancellation(_ReferenceStage):
                 detector.reset()
             return False
         mic_db, aec_db = level_db(capture[piece]), level_db(cancelled[piece])
-        # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ)
-        relative_db, filter_error = self._relative_db(capture[piece], residual, self._far_band_db)
+        # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ), and in
+        # the band soft starts are loudest in (HIGH_BAND_HZ): the residual against the loudest far-end
+        # frame of the last 400 ms. A residual louder than the microphone is the filter's own error
+        # (the echo of a reply's first word has not arrived yet), not a voice.
+        mic_bands_db = band_levels_db(capture[piece], self._bands_hz)
+        linear_bands_db = band_levels_db(residual, self._bands_hz)
+        relative_db, *high_relative = [linear - max(history) for linear, history in zip(linear_bands_db, self._far_bands_db)]
+        filter_error, *high_error = [linear > mic + 1.0 for linear, mic in zip(linear_bands_db, mic_bands_db)]
         near = self._decide(self.near_end, relative_db, filter_error, mic_db, aec_db)
-        high_relative_db = None
-        if self.near_end_high is not None:  # and in the band soft starts are loudest in (HIGH_BAND_HZ)
-            high_relative_db, high_error = self._relative_db(capture[piece], residual, self._far_high_db, HIGH_BAND_HZ)
-            if self._decide(self.near_end_high, high_relative_db, high_error, mic_db, aec_db) and not near:
+        if self.near_end_high is not None:
+            if self._decide(self.near_end_high, high_relative[0], high_error[0], mic_db, aec_db) and not near:
                 near = True
                 self.high_band_frames += 1
         if near:
@@ -622,8 +626,8 @@ class EchoCancellation(_ReferenceStage):
             if learnt:
                 self.linear.adapt(residual)  # echo alone: learn the echo path, never the user's voice
                 self.near_end.learn(relative_db, aec_db)
-                if self.near_end_high is not None and high_relative_db is not None:
-                    self.near_end_high.learn(high_relative_db, aec_db)
+                if self.near_end_high is not None:
+                    self.near_end_high.learn(high_relative[0], aec_db)
             if self.near_end.threshold_db is not None:
                 if self.residual_for_asr and not filter_error:
                     if self.for_asr is None:
@@ -639,16 +643,6 @@ class EchoCancellation(_ReferenceStage):
 
     def _detectors(self) -> list[NearEndDetector]:
         return [d for d in (self.near_end, self.near_end_high) if d is not None]
-
-    @staticmethod
-    def _relative_db(capture: np.ndarray, residual: np.ndarray, far_history: deque[float],
-                     band_hz: tuple[int, int] | None = None) -> tuple[float, bool]:
-        """The residual's level in the band against the loudest far-end frame of the last 400 ms,
-        and whether it is the filter's own error: a residual louder than the microphone (the
-        echo of a reply's first word has not arrived yet) is not a voice."""
-        band = {} if band_hz is None else {"band_hz": band_hz}
-        mic_db, linear_db = band_level_db(capture, **band), band_level_db(residual, **band)
-        return linear_db - max(far_history), linear_db > mic_db + 1.0
 
     @staticmethod
     def _decide(detector: NearEndDetector, relative_db: float, filter_error: bool, mic_db: float, aec_db: float) -> bool:

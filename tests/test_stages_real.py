@@ -149,12 +149,14 @@ def test_tts_speaks_words_the_asr_hears_again_at_a_consistent_loudness(tts, asr)
     assert first.dtype == np.int16 and second.dtype == np.int16
     rate = tts.output_sample_rate_hz
     first_db, second_db = speech_level_dbfs(first, rate), speech_level_dbfs(second, rate)
+    assert first_db > -30 and second_db > -30
     for audio, level_db in ((first, first_db), (second, second_db)):
         peak = int(np.abs(audio).max()) / 32768
         # each chunk at the target level, or as loud as the 0.98 peak limit lets it be: Piper's
         # synthesis varies from call to call, and a peaky one came out at -21.6 dBFS (a fresh
-        # clone's CI run, 2026-12-05; the test asked for the two chunks within 1.5 dB then)
-        assert abs(level_db - tts.target_dbfs) < 1.0 or (level_db < tts.target_dbfs and peak > 0.9), (level_db, peak)
+        # clone's CI run, 2026-12-05; the test asked for the two chunks within 1.5 dB then). Over
+        # 60 syntheses: on target within 0.3 dB, or held by the limit (peak 0.98, down to -21.9 dBFS)
+        assert abs(level_db - tts.target_dbfs) < 0.5 or (level_db < tts.target_dbfs and peak >= 0.97), (level_db, peak)
         assert int(np.abs(audio).max()) < 32767  # limited, not clipped
     from realtime_pipeline import resample
 

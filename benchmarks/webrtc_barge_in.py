@@ -59,10 +59,7 @@ def level_dbfs(samples: np.ndarray) -> float:
 
 def one_call(engines: Any, session_options: Any, probe: Probe, question: str, interrupter: str, gap_s: float) -> dict[str, Any]:
     """A call whose microphone asks, waits ``gap_s`` after the question's last word, then interrupts."""
-    probe.sessions.clear()
-    probe.inputs.clear()
-    probe.frames.clear()
-    probe.events.clear()
+    probe.reset()
     from realtime_pipeline.server import ServerOptions
 
     from .server_load import Server

@@ -31,6 +31,10 @@ process too. ``old_page_measured`` replays the page's former rule on its polls: 
 
 ``--pin-browser`` keeps Chromium on the last CPU (the server free on all): on 2 shared cores the
 browser's jitter buffer follows the models' load, which a browser on another machine would not see.
+
+``--calls N`` makes N calls one after the other to one server, each from a fresh Chromium, and
+pools each hop over all their turns: one call's median of WebRTC's share moves by ±15 ms from
+call to call with nothing changed (44-76 ms over 15 calls, docs/webrtc.md), so compare pooled figures.
 """
 
 from __future__ import annotations
@@ -182,6 +186,11 @@ class Probe:
     events: list[tuple[float, str, dict[str, Any]]] = field(default_factory=list)  # server events of the turns
     buffers: list[Any] = field(default_factory=list)  # the calls' MicrophoneJitterBuffers
 
+    def reset(self) -> None:
+        """Forget what earlier calls noted (the wrappers stay installed)."""
+        for notes in (self.sessions, self.inputs, self.frames, self.events, self.buffers):
+            notes.clear()
+
     def install(self) -> None:
         from realtime_pipeline.server import rtc_call
         from realtime_pipeline.server.rtc_call import ReplyTrack, WebRTCSession
@@ -199,6 +208,8 @@ class Probe:
 
         def take_frame(track: Any) -> np.ndarray:
             out = take(track)
+            if probe.sessions and track is not getattr(probe.sessions[-1], "track", track):
+                return out  # an earlier call's track, still ticking while it hangs up
             rms = float(np.sqrt(np.mean(np.square(out.astype(np.float64))))) / 32768.0
             probe.frames.append((time.monotonic(), track._playing, rms))
             return out
@@ -428,8 +439,34 @@ class CorePinning:
         self._thread.join(timeout=5)
 
 
+def call(server: Any, probe: Probe, clips: Sequence[str], *, gap_s: float, pin_browser: bool = False) -> dict[str, Any]:
+    """One call from a fresh Chromium to ``server``: the page talks the clips, and each turn is analysed."""
+    probe.reset()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
+        epoch_offset_s = time.time() - time.monotonic()
+        with CorePinning() if pin_browser else contextlib.nullcontext() as pinning:
+            page = anyio.run(functools.partial(talk_in_chromium, server.port, mic.path, Path(tmp) / "profile", len(clips), trace=True,
+                                               timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
+        browser_tasks = pinning.browser_tasks if pinning is not None else None
+        drift_ms = 1000.0 * (time.time() - time.monotonic() - epoch_offset_s)
+    result = analyse(mic, page, probe, epoch_offset_s)
+    result["pinned_browser_tasks"] = browser_tasks
+    arrivals = [len(samples) for received in probe.inputs.values() for _, samples in received]
+    result["mic_packet_ms"] = 1000.0 * statistics.median(arrivals) / INPUT_SAMPLE_RATE_HZ if arrivals else None
+    result.update(load_before=load_before, load_after=os.getloadavg(), clock_drift_ms=drift_ms, stats=page["stats"],
+                  audio_rate_hz=page["audio_rate_hz"], user=page["user"], assistant=page["assistant"])
+    return result
+
+
 def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, aiortc_jitter_buffer: bool = False,
-        pin_browser: bool = False, packet_ms: int | None = None) -> dict[str, Any]:
+        pin_browser: bool = False, packet_ms: int | None = None, calls: int = 1) -> dict[str, Any]:
+    """``calls`` calls one after the other (a fresh browser each) to one server: ``{"calls": [...], "pooled": {...}}``.
+
+    One call's median moves a lot from call to call on shared cores (44-74 ms for WebRTC's share in
+    nine calls on 2026-12-05, the browser's jitter buffer 31-57 ms), so a figure to compare with a
+    target is the median over the turns of several calls."""
     from realtime_pipeline.server import Engines, ServerOptions, SessionOptions
 
     from .server_load import Server
@@ -442,25 +479,28 @@ def run(clips: Sequence[str], *, output_lead_ms: int, gap_s: float, seed: int, a
     session_options = SessionOptions(output_lead_ms=output_lead_ms, instructions=instructions)
     if packet_ms is not None:
         session_options = dataclasses.replace(session_options, webrtc_packet_ms=packet_ms)
-    load_before = os.getloadavg()
+    results = []
     with Server(engines, ServerOptions(api_key="local", session=session_options)) as server:
-        port = server.port
-        with tempfile.TemporaryDirectory() as tmp:
-            mic = fake_microphone_wav(Path(tmp) / "mic.wav", clips, gap_s=gap_s)
-            epoch_offset_s = time.time() - time.monotonic()
-            with CorePinning() if pin_browser else contextlib.nullcontext() as pinning:
-                page = anyio.run(functools.partial(talk_in_chromium, port, mic.path, Path(tmp) / "profile", len(clips), trace=True,
-                                                   timeout_s=len(mic.samples) / MIC_RATE_HZ + 30.0))
-            browser_tasks = pinning.browser_tasks if pinning is not None else None
-            drift_ms = 1000.0 * (time.time() - time.monotonic() - epoch_offset_s)
-    result = analyse(mic, page, probe, epoch_offset_s)
-    result["pinned_browser_tasks"] = browser_tasks
-    arrivals = [len(samples) for received in probe.inputs.values() for _, samples in received]
-    result["mic_packet_ms"] = 1000.0 * statistics.median(arrivals) / INPUT_SAMPLE_RATE_HZ if arrivals else None
-    result.update(load_before=load_before, load_after=os.getloadavg(), clock_drift_ms=drift_ms, stats=page["stats"],
-                  audio_rate_hz=page["audio_rate_hz"], user=page["user"], assistant=page["assistant"],
-                  output_lead_ms=output_lead_ms, clips=list(clips), aiortc_jitter_buffer=aiortc_jitter_buffer)
-    return result
+        for _ in range(calls):
+            result = call(server, probe, clips, gap_s=gap_s, pin_browser=pin_browser)
+            result.update(output_lead_ms=output_lead_ms, clips=list(clips), aiortc_jitter_buffer=aiortc_jitter_buffer)
+            results.append(result)
+    return {"calls": results, "pooled": pooled(results)}
+
+
+def pooled(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Each hop's median and quartiles over the turns of all ``results``, and each call's median of WebRTC's share."""
+    hops: dict[str, dict[str, float]] = {}
+    for hop in HOPS:
+        values = [row[hop] for result in results for row in result["rows"] if not np.isnan(row[hop])]
+        if values:
+            p25, p50, p75 = np.percentile(values, [25, 50, 75])
+            hops[hop] = {"p25": float(p25), "p50": float(p50), "p75": float(p75), "turns": len(values)}
+    per_call = [statistics.median(shares) if (shares := [row["webrtc_added"] for row in result["rows"] if not np.isnan(row["webrtc_added"])])
+                else None for result in results]
+    return {"hops": hops, "webrtc_added_per_call": per_call,
+            "jitter_buffer_ms_per_call": [result["stats"].get("jitterBufferMs") for result in results],
+            "jitter_buffer_target_ms_per_call": [result["stats"].get("jitterBufferTargetMs") for result in results]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,9 +513,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reply-frame-ms", type=int, choices=(10, 20), help="the reply track's packet time (default: SessionOptions.webrtc_packet_ms)")
     parser.add_argument("--pin-browser", action="store_true",
                         help="Chromium on the last CPU, the server free on all (closer to a browser on another machine)")
+    parser.add_argument("--calls", type=int, default=1,
+                        help="calls one after the other to one server, each from a fresh browser; pooled over their turns at the end")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, metavar="PATH")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="the call's result (with --calls: {calls: [...], pooled: {...}})")
     args = parser.parse_args(argv)
+    if args.calls < 1:
+        parser.error("--calls must be at least 1")
     if not Path(CHROMIUM).exists():
         parser.error(f"{CHROMIUM} is missing (scripts/setup.sh installs Debian's chromium)")
     clips = [c.strip() for c in args.clips.split(",") if c.strip()]
@@ -485,11 +529,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         rtc_call.decode_on_arrival = lambda receiver: None  # type: ignore[assignment]  # (before the probe wraps it)
     if args.pin_browser and len(os.sched_getaffinity(0)) < 2:
         parser.error("--pin-browser needs at least 2 CPUs")
-    result = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed,
-                 aiortc_jitter_buffer=args.aiortc_jitter_buffer, pin_browser=args.pin_browser, packet_ms=args.reply_frame_ms)
+    out = run(clips, output_lead_ms=args.output_lead_ms, gap_s=args.gap_s, seed=args.seed, aiortc_jitter_buffer=args.aiortc_jitter_buffer,
+              pin_browser=args.pin_browser, packet_ms=args.reply_frame_ms, calls=args.calls)
+    for number, result in enumerate(out["calls"], 1):
+        if args.calls > 1:
+            print(f"-- call {number} of {args.calls}")
+        report_call(result, len(clips))
+    if args.calls > 1:
+        pool = out["pooled"]
+        print(f"-- pooled over {args.calls} calls: WebRTC's share per call (median ms) "
+              f"{[round(v) if v is not None else None for v in pool['webrtc_added_per_call']]}; browser jitter buffer per call (ms) "
+              f"{[round(v) if v is not None else None for v in pool['jitter_buffer_ms_per_call']]}, NetEq's target "
+              f"{[round(v) if v is not None else None for v in pool['jitter_buffer_target_ms_per_call']]}")
+        print("| hop | median ms | IQR | turns |")
+        print("|---|---|---|---|")
+        for hop, q in pool["hops"].items():
+            print(f"| {hop} | {q['p50']:.0f} | {q['p25']:.0f}-{q['p75']:.0f} | {q['turns']} |")
+    if args.json:
+        args.json.write_text(json.dumps(out if args.calls > 1 else out["calls"][0], indent=2, default=float))
+    return 0
+
+
+def report_call(result: dict[str, Any], clip_count: int) -> None:
+    """Prints one call's figures: load, the browser's stats, the server's pacing, and each hop."""
     rows = result["rows"]
     print(f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
-          f"{len(rows)} turns of {len(clips)} clips; WAV start found at level correlation {result['wav_start_level_correlation']:.3f}, "
+          f"{len(rows)} turns of {clip_count} clips; WAV start found at level correlation {result['wav_start_level_correlation']:.3f}, "
           f"received audio correlation {result['received_correlation']:.3f}")
     if result["unmeasured_responses"]:
         print(f"responses without a measured reply (cancelled or silent; their stamps): {result['unmeasured_responses']}")
@@ -513,9 +578,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         values = [row[hop] for row in rows if not np.isnan(row[hop])]
         if values:
             print(f"| {hop} | {statistics.median(values):.0f} | {' '.join(f'{v:.0f}' for v in values)} |")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2, default=float))
-    return 0
 
 
 if __name__ == "__main__":

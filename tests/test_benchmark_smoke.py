@@ -203,7 +203,8 @@ def test_barge_in_rejects_echo_path_fits_outside_the_double_talk_path(argv: list
                                                    ("first_reply", ["--rooms", "7"], "--rooms takes indexes"),
                                                    ("first_reply", ["--replies", "0"], "--replies must be at least 1"),
                                                    ("first_reply", ["--user", "nobody.wav"], "no such recording"),
-                                                   ("webrtc_barge_in", ["--delays-s", "1,soon"], "--delays-s takes seconds")])
+                                                   ("webrtc_barge_in", ["--delays-s", "1,soon"], "--delays-s takes seconds"),
+                                                   ("webrtc_latency", ["--calls", "0"], "--calls must be at least 1")])
 def test_echo_benchmarks_reject_bad_options_before_loading_anything(module: str, argv: list[str], message: str,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     import importlib
@@ -227,6 +228,23 @@ def test_the_webrtc_benchmarks_pacing_view_weighs_half_seconds_as_neteq_does() -
     spiky = on_time.copy()
     spiky[::60] += 22.0  # one packet 22 ms late every 0.6 s: most half seconds hold one
     assert neteq_pacing_view(spiky, 10)["share_over_20_ms"] > 0.5
+
+
+def test_the_webrtc_benchmark_pools_its_calls_over_their_turns() -> None:
+    """Several calls give one figure per hop over all their turns (a call's own median moves a lot), and each call's median."""
+    from benchmarks.webrtc_latency import HOPS, Probe, pooled
+
+    def call(shares: list[float], jitter_buffer_ms: float) -> dict:
+        rows = [{hop: float("nan") for hop in HOPS} | {"webrtc_added": share, "track_wait": 5.0} for share in shares]
+        return {"rows": rows, "stats": {"jitterBufferMs": jitter_buffer_ms, "jitterBufferTargetMs": 20.0}}
+
+    pool = pooled([call([40.0, 50.0, 90.0], 30.0), call([60.0, 70.0, float("nan")], 50.0)])
+    assert pool["hops"]["webrtc_added"] == {"p25": 50.0, "p50": 60.0, "p75": 70.0, "turns": 5}
+    assert pool["hops"]["track_wait"]["turns"] == 6 and "input_path" not in pool["hops"]  # no turn measured it
+    assert pool["webrtc_added_per_call"] == [50.0, 65.0] and pool["jitter_buffer_ms_per_call"] == [30.0, 50.0]
+    probe = Probe(sessions=["a call"], frames=[(0.0, None, 0.0)], inputs={"s": []})
+    probe.reset()
+    assert not probe.sessions and not probe.frames and not probe.inputs
 
 
 def test_the_barge_in_benchmark_can_shuffle_its_speakers() -> None:

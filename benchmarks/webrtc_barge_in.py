@@ -57,8 +57,10 @@ def level_dbfs(samples: np.ndarray) -> float:
     return float(20.0 * np.log10(max(float(np.percentile(rms, 95)), 1e-6) / 32768.0))
 
 
-def one_call(engines: Any, session_options: Any, probe: Probe, question: str, interrupter: str, gap_s: float) -> dict[str, Any]:
-    """A call whose microphone asks, waits ``gap_s`` after the question's last word, then interrupts."""
+def one_call(engines: Any, session_options: Any, probe: Probe, question: str, interrupter: str, gap_s: float,
+             headset: bool = False) -> dict[str, Any]:
+    """A call whose microphone asks, waits ``gap_s`` after the question's last word, then interrupts
+    (``headset``: the page's headset box ticked, the microphone without echo cancellation)."""
     probe.reset()
     from realtime_pipeline.server import ServerOptions
 
@@ -67,7 +69,7 @@ def one_call(engines: Any, session_options: Any, probe: Probe, question: str, in
     with Server(engines, ServerOptions(api_key="local", session=session_options)) as server, tempfile.TemporaryDirectory() as tmp:
         mic = fake_microphone_wav(Path(tmp) / "mic.wav", [question, interrupter], gap_s=[gap_s, 9.0])
         page = anyio.run(functools.partial(talk_in_chromium, server.port, mic.path, Path(tmp) / "profile", 2,
-                                           timeout_s=len(mic.samples) / MIC_RATE_HZ + 10.0))
+                                           timeout_s=len(mic.samples) / MIC_RATE_HZ + 10.0, headset=headset))
     _, pieces, arrivals, received, wav16, lag, correlation = received_audio(probe, mic)
     start = round(mic.clip_start_s[1] * INPUT_SAMPLE_RATE_HZ)
     end = round(mic.speech_end_s[1] * INPUT_SAMPLE_RATE_HZ)
@@ -85,7 +87,7 @@ def one_call(engines: Any, session_options: Any, probe: Probe, question: str, in
         "gap_s": gap_s, "into_reply_s": None if reply_at is None else round(words_at - reply_at, 2),
         "wav_dbfs": round(wav_db, 1), "received_dbfs": round(received_db, 1), "held_db": round(wav_db - received_db, 1),
         "reply_played_s": None if reply_at is None else round(reply_frames[-1] - reply_at, 2), "cut": cancelled, "barge_in_ms": round(1000.0 * (started[0] - words_at)) if started and cancelled else None,
-        "heard": page["user"][1:], "received_correlation": round(correlation, 3),
+        "heard": page["user"][1:], "received_correlation": round(correlation, 3), "echo_cancellation": page["echo_cancellation"],
     }
 
 
@@ -95,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--v2v-s", type=float, default=1.5, help="the expected voice-to-voice (the page's 1.3-1.6 s here)")
     parser.add_argument("--question", default="ps_librivox_0880.wav")
     parser.add_argument("--interrupter", default="mfa_thoughts.wav")
+    parser.add_argument("--headset", action="store_true", help="tick the page's headset box: the microphone without echo cancellation")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, metavar="PATH")
     args = parser.parse_args(argv)
@@ -114,9 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     anyio.run(engines.load)
     options = SessionOptions(output_lead_ms=300, instructions=INSTRUCTIONS)
     load_before = os.getloadavg()
-    rows = [one_call(engines, options, probe, args.question, args.interrupter, args.v2v_s + delay) for delay in delays]
+    rows = [one_call(engines, options, probe, args.question, args.interrupter, args.v2v_s + delay, args.headset) for delay in delays]
     print(f"load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after (1 min); {os.cpu_count()} CPUs; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the browser's echo cancellation "
+          f"{sorted({str(row['echo_cancellation']) for row in rows})}")
     print("| into the reply | interrupter in the WAV | as received | held down | reply played | cut | barge-in | heard |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:

@@ -118,8 +118,11 @@ def fake_microphone_wav(path: Path, clips: Sequence[str], *, lead_s: float = 1.0
 
 
 async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, screenshot: Path | None = None, *,
-                           trace: bool = False, key: str = "local", timeout_s: float | None = None) -> dict[str, Any]:
+                           trace: bool = False, key: str = "local", timeout_s: float | None = None,
+                           headset: bool = False) -> dict[str, Any]:
     """Open the page, connect, wait for ``turns`` answered turns; returns what the page measured and showed.
+
+    ``headset`` ticks the page's headset box: the microphone without the browser's echo cancellation.
 
     With ``timeout_s``, what was measured by then is returned (a turn may go unanswered); without, all
     ``turns`` must be answered (60 s each).
@@ -140,6 +143,7 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
                 await page.add_init_script("window.rpTrace = true;")
             await page.goto(f"http://127.0.0.1:{port}/")
             await page.fill("#key", key)
+            await page.set_checked("#headset", headset)
             await page.click("#connect")
             await page.wait_for_selector(".state.connected", timeout=30_000)
             try:
@@ -164,6 +168,7 @@ async def talk_in_chromium(port: int, wav: Path, profile: Path, turns: int, scre
                 "error_shown": await page.locator("#error").is_visible(),
                 "page_errors": errors,
                 "mic_opened_at_ms": await page.evaluate("rp.micOpenedAt"),
+                "echo_cancellation": await page.evaluate("rp.echoCancellation"),
                 "audio_rate_hz": await page.evaluate("rp.audio ? rp.audio.sampleRate : null"),
                 "trace": await page.evaluate("rp.trace") if trace else [],
             }

@@ -61,21 +61,26 @@ async def test_page_talks_in_chromium(server, tmp_path):
         shutil.rmtree(tmp_path / "profile", ignore_errors=True)
 
 
-async def test_speaking_over_the_reply_in_chromium_interrupts_it_and_is_answered(engines: Engines, tmp_path):
-    """The fake microphone asks, then talks again 11 s after its last word: its words ~10 s into the
-    reply, which starts 1.3-1.6 s after it (the page's voice-to-voice) and, asked for a long
-    story, played 14-29 s in the benchmark. The reply is cut (the page marks it interrupted) and the
-    interruption answered.
+@pytest.mark.parametrize("headset, gap_s", [(False, 11.0), (True, 3.0)], ids=["echo-cancelled", "headset"])
+async def test_speaking_over_the_reply_in_chromium_interrupts_it_and_is_answered(engines: Engines, tmp_path, headset: bool,
+                                                                                 gap_s: float):
+    """The fake microphone asks, then talks again ``gap_s`` after its last word, over the reply,
+    which starts 1.3-1.6 s after it (the page's voice-to-voice) and, asked for a long story, played
+    14-29 s in the benchmark. The reply is cut (the page marks it interrupted) and the interruption
+    answered.
 
-    Why so late: with no echo in its microphone (as with a headset) Chromium's echo canceller
-    holds the user 60-70 dB down in some of the first reply's first seconds, until it has
-    decided there is no echo to cancel; from ~7 s of reply on it let every clip through
-    (``python -m benchmarks.webrtc_barge_in``, docs/webrtc.md "Speaking over the first reply").
-    A test speaking 3 s after the question passed here and failed on a fresh clone's CI run."""
+    With the browser's echo cancellation (the page's default) the words come ~10 s into the
+    reply: with no echo in its microphone (as with a headset) Chromium's echo canceller holds the
+    user 30-70 dB down in much of the first reply's first ~7 s, until it has decided there is no
+    echo to cancel; from ~7 s on it let every clip through (``python -m benchmarks.webrtc_barge_in``,
+    docs/webrtc.md "Speaking over the first reply"; a test speaking 3 s after the question failed
+    on a fresh clone's CI run). With the page's headset box ticked the microphone has no echo
+    cancellation, and words ~2 s into the reply cut it."""
     options = ServerOptions(api_key="local", session=SessionOptions(output_lead_ms=300, instructions=LONG_STORIES))
-    mic = fake_microphone_wav(tmp_path / "mic.wav", ["ps_librivox_0880.wav", "mfa_thoughts.wav"], gap_s=[11.0, 9.0])
+    mic = fake_microphone_wav(tmp_path / "mic.wav", ["ps_librivox_0880.wav", "mfa_thoughts.wav"], gap_s=[gap_s, 9.0])
     with RunningServer(engines, options) as running:
-        result = await talk_in_chromium(running.port, mic.path, tmp_path / "profile", 2)
+        result = await talk_in_chromium(running.port, mic.path, tmp_path / "profile", 2, headset=headset)
+        assert result["echo_cancellation"] is (not headset)  # what Chromium applied to the track
         registry = running.server.config.app.state.webrtc_calls
         with anyio.fail_after(30):
             while registry.calls:

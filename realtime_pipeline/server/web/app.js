@@ -25,6 +25,8 @@ const page = {
   items: new Map(),            // item_id -> <li>
   responses: new Map(),        // response_id -> <li>
   timers: [],
+  headset: false,              // the user said a headset: the microphone opened without echo cancellation
+  echoCancellation: null,      // what the browser applied (the track's settings)
   // For tests and the curious: what the page measured; with window.rpTrace set before the page loads,
   // every level poll too ([clock ms, mic RMS, reply RMS]).
   measurements: [],
@@ -254,14 +256,21 @@ async function connect() {
   setState("opening the microphone…", "connecting");
   const key = $("key").value.trim();
   localStorage.setItem("rp-key", key);
+  // a headset has no echo to cancel, and Chromium's echo canceller then holds the user down for the
+  // first ~7 s of a call's first reply (docs/webrtc.md, "Speaking over the first reply")
+  page.headset = $("headset").checked;
+  $("headset").disabled = true;  // it takes effect when the microphone opens
+  localStorage.setItem("rp-headset", page.headset ? "1" : "");
   try {
     page.mic = await navigator.mediaDevices.getUserMedia({
-      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
+      audio: { echoCancellation: !page.headset, noiseSuppression: true, autoGainControl: true, channelCount: 1 },
     });
+    page.echoCancellation = page.mic.getAudioTracks()[0].getSettings().echoCancellation ?? null;
     page.micOpenedAt = clock();
   } catch (error) {
     showError(describeMediaError(error));
     $("connect").disabled = false;
+    $("headset").disabled = false;
     return;
   }
   setState("connecting…", "connecting");
@@ -331,11 +340,13 @@ function hangUp(byUser = true) {
   page.mic = page.audio = page.lastVoicedAt = null;
   $("level").style.width = "0";
   $("connect").disabled = false;
+  $("headset").disabled = false;
   $("hangup").disabled = true;
   if (byUser) setState("not connected", "idle");
 }
 
 $("key").value = localStorage.getItem("rp-key") || "";
+$("headset").checked = localStorage.getItem("rp-headset") === "1";
 $("connect").addEventListener("click", connect);
 $("hangup").addEventListener("click", () => hangUp(true));
 window.addEventListener("pagehide", () => { if (page.pc) hangUp(true); });

@@ -725,6 +725,7 @@ def stage_summary(stage: Any) -> dict[str, Any]:
                 "double_talk_frames": stage.double_talk_frames if stage.linear is not None else None,
                 "double_talk_vetoed_frames": stage.near_end.vetoed_frames if stage.near_end is not None else None,
                 "double_talk_high_band_frames": stage.high_band_frames if stage.near_end_high is not None else None,
+                "double_talk_high_band_vetoed_frames": stage.near_end_high.vetoed_frames if stage.near_end_high is not None else None,
                 "echo_path_fits": stage.fit.fits if stage.fit is not None else None,
                 "echo_path_fits_installed": stage.fit.installs if stage.fit is not None else None,
                 "calibration": stage.calibration_result}

@@ -230,3 +230,8 @@ def test_a_soft_consonant_under_a_loud_voiced_echo_is_heard_in_the_high_band(hig
         assert stage.high_band_frames == 8
     else:
         assert stage.near_end_high is None and passed == [False] * 10
+    from realtime_pipeline.echo_cancel import stage_summary
+
+    summary = stage_summary(stage)  # what the benchmarks report of the two detectors
+    assert summary["double_talk_high_band_frames"] == (8 if high_band else None)
+    assert summary["double_talk_high_band_vetoed_frames"] == (0 if high_band else None)  # AEC3 let the user through

@@ -39,7 +39,7 @@ import anyio
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
-from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, LinearEchoFilter, NearEndDetector, band_levels_db
+from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, NearEndDetector, TwoPathEchoFilter, band_levels_db
 from .echo_calibration import CalibrationSchedule, calibration_sound
 from .echo_path_fit import FIT_DETECTOR_FRAMES, EchoPathFit
 from .frames import AudioFrame
@@ -410,7 +410,9 @@ class EchoCancellation(_ReferenceStage):
     floor (:data:`~.double_talk.AEC_FLOOR_MARGIN_DB`): with that veto replies paused on their
     own echo once in 336 simulated barge-ins (AEC3's own, AEC3 alone too) against 14, and in
     none of 14 live barge-in runs (3 of 18 before); barge-in p50 300 against 535 ms and WER 0.30
-    against 0.40 for AEC3 alone on the same live seeds (docs/echo.md).
+    against 0.40 for AEC3 alone on the same live seeds (docs/echo.md). The veto also held quiet
+    users; the filter is two paths (:class:`~.double_talk.TwoPathEchoFilter`), so its leak holds
+    still, and a residual :data:`~.double_talk.AEC_FLOOR_BYPASS_DB` over the line goes through.
 
     ``residual_for_asr``: where the VAD's signal is muted (converged, not judged near-end), the
     ASR gets the linear residual instead (:attr:`AudioFrame.asr_samples`): the user plus 25-45 dB
@@ -452,7 +454,7 @@ class EchoCancellation(_ReferenceStage):
         self._calibration_gate: ResidualGate | None = None
         self.residual_for_asr = residual_for_asr
         self.canceller = canceller
-        self.linear = LinearEchoFilter() if double_talk else None
+        self.linear = TwoPathEchoFilter() if double_talk else None
         self.near_end = NearEndDetector() if double_talk else None
         #: The detector in :data:`~.double_talk.HIGH_BAND_HZ` (None: ``high_band=False``, or AEC3 alone).
         self.near_end_high = NearEndDetector() if double_talk and high_band else None
@@ -726,6 +728,7 @@ def stage_summary(stage: Any) -> dict[str, Any]:
                 "double_talk_vetoed_frames": stage.near_end.vetoed_frames if stage.near_end is not None else None,
                 "double_talk_high_band_frames": stage.high_band_frames if stage.near_end_high is not None else None,
                 "double_talk_high_band_vetoed_frames": stage.near_end_high.vetoed_frames if stage.near_end_high is not None else None,
+                "double_talk_filter_copies": getattr(stage.linear, "copies", None),
                 "echo_path_fits": stage.fit.fits if stage.fit is not None else None,
                 "echo_path_fits_installed": stage.fit.installs if stage.fit is not None else None,
                 "calibration": stage.calibration_result}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector, band_level_db
+from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector, TwoPathEchoFilter, band_level_db
 from realtime_pipeline.io.echo_room import synthetic_impulse_response
 
 RATE = 16000
@@ -47,6 +47,41 @@ def test_a_voice_the_filter_did_not_learn_passes_through_it():
     voice = 1000 * np.sin(2 * np.pi * 300 * t)  # 20 dB under the echo
     residual = _run(linear, echo[5 * RATE :] + voice, reference[5 * RATE :], adapt=False)
     assert abs(_db(residual) - _db(voice)) < 1.0  # the voice, and only a little echo
+
+
+def test_two_paths_keep_the_echo_path_when_a_voice_is_learnt_as_echo():
+    # the stage learns from frames AEC3 took 12 dB out of, and AEC3 removes a quiet user too: a
+    # single NLMS fits that voice into the echo path, the two-path filter's foreground does not
+    rng = np.random.default_rng(5)
+    reference = rng.normal(0, 3000, 8 * RATE)
+    echo = _room(reference)
+    voice = rng.normal(0, 300, 8 * RATE)  # 20 dB under the echo, learnt as echo from 5 to 6 s
+    single, two = LinearEchoFilter(), TwoPathEchoFilter()
+    for linear in (single, two):
+        _run(linear, echo[: 5 * RATE], reference[: 5 * RATE])
+        _run(linear, echo[5 * RATE : 6 * RATE] + voice[5 * RATE : 6 * RATE], reference[5 * RATE : 6 * RATE])
+    assert two.copies > 0  # the foreground followed the background while it converged
+    after = slice(6 * RATE, 8 * RATE)
+    erle_db = {name: _db(echo[after]) - _db(_run(linear, echo[after], reference[after], adapt=False))
+               for name, linear in (("single", single), ("two", two))}
+    assert erle_db["two"] > erle_db["single"] + 6.0, erle_db  # measured 49 against 22 dB
+    assert erle_db["two"] > 35.0, erle_db
+
+
+def test_two_paths_reset_a_background_that_learnt_a_voice_and_check_their_use():
+    rng = np.random.default_rng(6)
+    reference = rng.normal(0, 3000, 6 * RATE)
+    echo = _room(reference)
+    two = TwoPathEchoFilter()
+    _run(two, echo[: 4 * RATE], reference[: 4 * RATE])
+    _run(two, echo[4 * RATE : 5 * RATE] + rng.normal(0, 6000, RATE), reference[4 * RATE : 5 * RATE])  # a loud voice learnt
+    resets = two.resets
+    _run(two, echo[5 * RATE :], reference[5 * RATE :])  # echo alone again: the background is far off it
+    assert two.resets > resets
+    with pytest.raises(RuntimeError, match="after cancel"):
+        two.adapt(np.zeros(BLOCK))
+    with pytest.raises(ValueError, match="blocks of 160"):
+        two.cancel(np.zeros(320), np.zeros(320))
 
 
 def test_the_linear_filter_checks_its_arguments():
@@ -175,6 +210,9 @@ def test_a_frame_at_aec3s_floor_is_never_near_end():
     assert detector.above  # still not echo alone: the caller does not learn from them
     assert detector.is_near_end(loud, -40.0)  # AEC3 lets something through: the residual decides
     assert detector.is_near_end(loud)  # no AEC3 level given: the residual decides
+    far_over = detector.threshold_db + detector.aec_floor_bypass_db + 1  # type: ignore[operator]
+    detector.reset()
+    assert [detector.is_near_end(far_over, floor - 1) for _ in range(3)] == [False, False, True]  # not the filter's leak
     without = NearEndDetector(aec_floor_margin_db=None)
     for residual, aec in zip(-35.0 + rng.normal(0, 2, 150), -93.0 + rng.normal(0, 0.5, 150)):
         without.learn(float(residual), float(aec))

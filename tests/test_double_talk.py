@@ -21,15 +21,20 @@ def _room(reference: np.ndarray, *, delay_ms: int = 50, gain_db: float = -3.0) -
     return np.convolve(reference, response)[: len(reference)] * 10 ** (gain_db / 20)
 
 
+def _noise_in_room(seed: int, seconds: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """-21 dBFS noise as the far end, and its echo in :func:`_room`."""
+    rng = np.random.default_rng(seed)
+    reference = rng.normal(0, 3000, seconds * RATE)
+    return rng, reference, _room(reference)
+
+
 def _run(linear: LinearEchoFilter, capture: np.ndarray, reference: np.ndarray, *, adapt: bool = True) -> np.ndarray:
     return np.concatenate([linear.process(capture[i : i + BLOCK], reference[i : i + BLOCK], adapt=adapt)
                            for i in range(0, len(capture) // BLOCK * BLOCK, BLOCK)])
 
 
 def test_the_linear_filter_learns_a_delayed_reverberant_echo_path():
-    rng = np.random.default_rng(0)
-    reference = rng.normal(0, 3000, 6 * RATE)  # -21 dBFS noise
-    echo = _room(reference)
+    _, reference, echo = _noise_in_room(0, 6)
     linear = LinearEchoFilter()
     residual = _run(linear, echo, reference)
     last_second = slice(5 * RATE, 6 * RATE)
@@ -38,9 +43,7 @@ def test_the_linear_filter_learns_a_delayed_reverberant_echo_path():
 
 
 def test_a_voice_the_filter_did_not_learn_passes_through_it():
-    rng = np.random.default_rng(1)
-    reference = rng.normal(0, 3000, 6 * RATE)
-    echo = _room(reference)
+    _, reference, echo = _noise_in_room(1, 6)
     linear = LinearEchoFilter()
     _run(linear, echo[: 5 * RATE], reference[: 5 * RATE])
     t = np.arange(RATE) / RATE
@@ -52,9 +55,7 @@ def test_a_voice_the_filter_did_not_learn_passes_through_it():
 def test_two_paths_keep_the_echo_path_when_a_voice_is_learnt_as_echo():
     # the stage learns from frames AEC3 took 12 dB out of, and AEC3 removes a quiet user too: a
     # single NLMS fits that voice into the echo path, the two-path filter's foreground does not
-    rng = np.random.default_rng(5)
-    reference = rng.normal(0, 3000, 8 * RATE)
-    echo = _room(reference)
+    rng, reference, echo = _noise_in_room(5, 8)
     voice = rng.normal(0, 300, 8 * RATE)  # 20 dB under the echo, learnt as echo from 5 to 6 s
     single, two = LinearEchoFilter(), TwoPathEchoFilter()
     for linear in (single, two):
@@ -69,9 +70,7 @@ def test_two_paths_keep_the_echo_path_when_a_voice_is_learnt_as_echo():
 
 
 def test_two_paths_reset_a_background_that_learnt_a_voice_and_check_their_use():
-    rng = np.random.default_rng(6)
-    reference = rng.normal(0, 3000, 6 * RATE)
-    echo = _room(reference)
+    rng, reference, echo = _noise_in_room(6, 6)
     two = TwoPathEchoFilter()
     _run(two, echo[: 4 * RATE], reference[: 4 * RATE])
     _run(two, echo[4 * RATE : 5 * RATE] + rng.normal(0, 6000, RATE), reference[4 * RATE : 5 * RATE])  # a loud voice learnt

@@ -52,6 +52,7 @@ from realtime_pipeline.conversation import (
     ResponsePaused,
     ResponseResumed,
 )
+from realtime_pipeline.echo_cancel import EchoCancellation
 from realtime_pipeline.frames import SpeechStarted, SpeechStopped, TranscriptFinal
 from realtime_pipeline.interruption import InterruptionSettings
 from realtime_pipeline.io.outputs import MemoryOutput
@@ -133,6 +134,9 @@ class Attempt:
     start_s: float  # its first sample (some lead before the words)
     onset_s: float
     target: Response | None
+    start_sample: int = 0  # the same three on the input's sample clock (the echo stage's recording's)
+    onset_sample: int = 0
+    end_sample: int = 0
 
 
 class BargeInSource(Stage):
@@ -189,7 +193,8 @@ class BargeInSource(Stage):
                                 or (conversation.idle and heard()))
             target = reply_playing(onset_ms)
             onset_s = started + (mic.position + interrupter.onset_sample) / rate
-            self.attempts.append(Attempt(interrupter.name, started + mic.position / rate, onset_s, target))
+            self.attempts.append(Attempt(interrupter.name, started + mic.position / rate, onset_s, target, mic.position,
+                                         mic.position + interrupter.onset_sample, mic.position + len(interrupter.samples)))
             await mic.emit(interrupter.samples)
             await mic.silence(self.tail_ms)
         end = mic.position
@@ -347,6 +352,7 @@ async def run_barge_in(
     console: Any = None,
     echo: echo_room.EchoConfig | None = None,
     shuffle: bool = False,
+    record: Path | None = None,
 ) -> dict[str, Any]:
     """Run the barge-in scenario; returns ``barge_in_ms`` {p50, p95, values}, ``leaked_turns`` and per-turn records.
 
@@ -354,6 +360,8 @@ async def run_barge_in(
     shared); by default the embedded models are loaded here. ``files`` default
     to ``limit`` speech files of ``tests/data/speech`` chosen with ``seed``. With ``echo``
     the scenario runs in the echo room; ``echo_summary`` then has its ``summary.echo`` entry.
+    ``record`` (with the double-talk path in the echo room): the echo stage's inputs are written
+    there for ``benchmarks.echo_replay``.
     """
     if models is None:
         from realtime_pipeline.stages.asr import WhisperASR
@@ -374,6 +382,11 @@ async def run_barge_in(
                               conversation=conversation, echo=echo.mode if echo is not None else "auto",
                               echo_path_fit=echo is not None and echo.path_fit,
                               echo_calibration=echo is None or echo.calibrate)
+    stage = echo_room.echo_stage_of(pipeline) if record is not None else None
+    if record is not None:
+        if room is None or not isinstance(stage, EchoCancellation) or stage.linear is None:
+            raise ValueError("recording needs the echo room and its double-talk path (--echo-delay-ms, echo mode double-talk)")
+        stage.recording = []
     events: list[tuple[float, Any]] = []
     conversation.add_listener(lambda event: events.append((time.monotonic(), event)))
     if console is not None:
@@ -382,6 +395,13 @@ async def run_barge_in(
     started = time.monotonic()
     await pipeline.run()
     result = analyse(source.attempts, output, events)
+    if record is not None:
+        from . import echo_replay  # it imports echo_sim, which imports this module
+
+        assert isinstance(stage, EchoCancellation) and room is not None
+        echo_replay.save_recording(record, stage, [(f.start_sample, f.samples) for f in room.frames if f.user_energy > 0],
+                                   [echo_replay.Attempt(a.name, a.start_sample, a.onset_sample, a.end_sample, turn.get("barge_in_ms"))
+                                    for a, turn in zip(source.attempts, result["turns"])])
     heard = interrupter_transcripts(source.attempts, events)
     result["wer"] = interrupter_wer(heard)
     by_file = {h["file"]: h for h in heard}
@@ -470,6 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         default=InterruptionSettings().min_interruption_while_speaking_ms,
                         help="the barge-in threshold over an audible reply when no echo canceller runs (the fallback)")
     echo_room.add_arguments(parser)
+    parser.add_argument("--record", type=Path, metavar="PATH",
+                        help="echo room, double-talk path: write the echo stage's inputs there (.npz) for benchmarks.echo_replay")
     args = parser.parse_args(argv)
     if args.measure_threshold:
         for n, stats in measure_detection_ms(sorted(SPEECH_DIR.glob("*.wav"))).items():
@@ -487,6 +509,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.echo_compare:
         configs = [None, *configs]  # the same speech without echo: the WER reference
+    if args.record is not None and (len(configs) != 1 or configs[0] is None or configs[0].mode != "double-talk"):
+        console.print("error: --record needs one echo room run with the double-talk path (--echo-delay-ms, no --echo-compare)")
+        return 2
 
     async def run_all() -> list[dict[str, Any]]:
         from realtime_pipeline.stages.asr import WhisperASR
@@ -495,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         models = _Models(WhisperASR(), LlamaLLM(max_tokens=80, seed=args.seed), PiperTTS())
         return [await run_barge_in(models, limit=args.limit or None, seed=args.seed, interrupt_after_ms=args.interrupt_after_ms,
-                                   interruptions=settings, console=console, echo=config, shuffle=args.shuffle) for config in configs]
+                                   interruptions=settings, console=console, echo=config, shuffle=args.shuffle, record=args.record)
+                for config in configs]
 
     results = anyio.run(run_all)
     for config, result in zip(configs, results):

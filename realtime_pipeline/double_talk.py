@@ -30,7 +30,9 @@ speech band (:data:`SPEECH_BAND_HZ`), the VAD's level floor, no hangover in a re
 at its floor (:data:`AEC_FLOOR_MARGIN_DB`): AEC3 holds a quiet user back, but it does not pass
 echo, so it vetoes the residual's mistakes (docs/echo.md). The veto held the quiet users too; the
 filter is now two paths (:class:`TwoPathEchoFilter`), whose leak holds still, and a residual far
-over the line goes through the veto (:data:`AEC_FLOOR_BYPASS_DB`).
+over the line goes through the veto (:data:`AEC_FLOOR_BYPASS_DB`); with it the line came down
+(:data:`NEAR_END_MARGIN_DB`), and a residual at its band's noise floor is no voice
+(:class:`BandNoiseFloor`).
 
 No maintained package exposes a linear echo estimate: the AEC3 bindings
 (pywebrtc-audio, livekit) return only the suppressed signal, and the speexdsp
@@ -265,7 +267,15 @@ def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND
 #: 100 ms, VAD onset p50/p95 with single-frame decisions: margin 6 dB 80/111 ms, 8 dB 80/206 ms
 #: (history 150 frames; with 500 the threshold lagged the filter's convergence: p95 444 ms);
 #: with the confirmation below 100/215 ms (clean speech: 60/80 ms; AEC3 alone 440/745 ms).
-NEAR_END_MARGIN_DB = 6.0
+#: The margin was 6 dB until the two-path filter held its leak still: 4 dB with the veto's
+#: bypass at :data:`AEC_FLOOR_BYPASS_DB` and the noise floor's guard
+#: (:data:`NOISE_FLOOR_MARGIN_DB`) took ``python -m benchmarks.echo_sim --modes double-talk``
+#: from p95 276 to 242 ms (seeds 8-23), 409 to 240 (24-39), 285 to 164 (0-7) and 221 to 149
+#: (0-7, microphone noise at -78 dBFS), replies paused on their echo 1 in 1056 either way; live
+#: (``benchmarks.barge_in``, eight seeds, twice) p95 255 to 212 and 165 ms, none paused (docs/echo.md,
+#: "A lower line"). The live tail is the users who start softly (``mfa_longstop``, ``mfa_surround``,
+#: ``mfa_theother``), whose first 100-300 ms stand 0-6 dB over the line.
+NEAR_END_MARGIN_DB = 4.0
 NEAR_END_PERCENTILE = 90.0
 NEAR_END_HISTORY_FRAMES = 150
 #: A frame is near-end only if ``[0]`` of the last ``[1]`` frames (this one included) were above
@@ -287,11 +297,14 @@ NEAR_END_LOWEST_THRESHOLD_DB = -35.0
 #: it had heard the room); barge-in p50 +0-110 ms (still 130-220 ms under AEC3 alone's).
 AEC_FLOOR_MARGIN_DB = 1.0
 #: ...unless the residual stands this far over the detector's line: the filter's own leak stood
-#: 0.3-4 dB over it where it paused replies (traced in the simulator), a quiet user held at AEC3's
-#: floor 10-30 dB (``mfa_whisper2`` with the true echo path). With :class:`TwoPathEchoFilter`,
-#: ``python -m benchmarks.echo_sim --modes double-talk`` over seeds 0-39 (960 attempts): no reply
-#: paused on its echo and barge-in p95 160-409 ms against 247-444 ms (docs/echo.md, "Two paths").
-AEC_FLOOR_BYPASS_DB = 10.0
+#: 0.3-4 dB over a line 6 dB over its p90 where it paused replies (traced in the simulator), a quiet
+#: user held at AEC3's floor 10-30 dB (``mfa_whisper2`` with the true echo path). With
+#: :class:`TwoPathEchoFilter` and that line, 10 dB here: no reply paused on its echo over seeds 0-39
+#: (960 attempts) and barge-in p95 160-409 ms against 247-444 ms (docs/echo.md, "Two paths"). With
+#: the line 4 dB over the p90 (:data:`NEAR_END_MARGIN_DB`) the bypass starts at the same 10 dB
+#: over it: 6 dB here. 3 dB let a second reply's leak through in the simulator (3.1 dB over the
+#: line, AEC3's floor still high from the session's start).
+AEC_FLOOR_BYPASS_DB = 6.0
 
 
 class NearEndDetector:
@@ -402,3 +415,55 @@ class NearEndDetector:
         if aec_db is not None:
             self._aec_alone.append(aec_db)
         self._update_threshold()
+
+
+#: A band's residual within this many dB of the band's noise floor (:class:`BandNoiseFloor`) is no
+#: evidence of a voice: at the end of a reply, with white noise at -78 dBFS at the microphone, the
+#: high band's line (the leak relative to a reply with little energy over 2 kHz) came down to the
+#: noise's own level, and the noise paused the reply (``echo_sim --noise-dbfs -78``, seed 4). A voice
+#: at its band's noise floor is not one to stop the reply for.
+NOISE_FLOOR_MARGIN_DB = 6.0
+#: :class:`BandNoiseFloor`: the floor is this percentile of the residual's level over the last
+#: :data:`NOISE_FLOOR_HISTORY_FRAMES` 10 ms frames (5 s: between replies and words the residual is
+#: the microphone's noise), recomputed every 10 frames.
+NOISE_FLOOR_PERCENTILE = 10.0
+NOISE_FLOOR_HISTORY_FRAMES = 500
+
+
+class BandNoiseFloor:
+    """The residual's noise floor per band, from every frame (the far end playing or not): its
+    :data:`NOISE_FLOOR_PERCENTILE` over the last :data:`NOISE_FLOOR_HISTORY_FRAMES`. :meth:`quiet`
+    says which bands of a frame stand less than ``margin_db`` over it (none until ``min_frames``)."""
+
+    def __init__(self, bands: int, *, margin_db: float = NOISE_FLOOR_MARGIN_DB, percentile: float = NOISE_FLOOR_PERCENTILE,
+                 history: int = NOISE_FLOOR_HISTORY_FRAMES, min_frames: int = 50, every_frames: int = 10) -> None:
+        if bands < 1 or min_frames < 1 or every_frames < 1:
+            raise ValueError(f"need bands, min_frames and every_frames >= 1, got {bands}, {min_frames} and {every_frames}")
+        self.bands = bands
+        self.margin_db = margin_db
+        self.percentile = percentile
+        self.min_frames = min_frames
+        self.every_frames = every_frames
+        self._levels: deque[Sequence[float]] = deque(maxlen=history)
+        self._count = 0
+        self._floor_db: np.ndarray | None = None
+
+    @property
+    def floor_db(self) -> list[float] | None:
+        """The floor per band in dBFS (None: fewer than ``min_frames`` frames so far)."""
+        return None if self._floor_db is None else [float(v) for v in self._floor_db]
+
+    def update(self, levels_db: Sequence[float]) -> None:
+        """One frame's residual level per band (dBFS)."""
+        if len(levels_db) != self.bands:
+            raise ValueError(f"{self.bands} band levels, got {len(levels_db)}")
+        self._levels.append(tuple(levels_db))
+        self._count += 1
+        if len(self._levels) >= self.min_frames and (self._floor_db is None or self._count % self.every_frames == 0):
+            self._floor_db = np.percentile(np.array(self._levels), self.percentile, axis=0)
+
+    def quiet(self, levels_db: Sequence[float]) -> list[bool]:
+        """Per band: does the frame stand less than ``margin_db`` over the floor?"""
+        if self._floor_db is None:
+            return [False] * self.bands
+        return [level < floor + self.margin_db for level, floor in zip(levels_db, self._floor_db)]

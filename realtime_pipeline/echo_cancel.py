@@ -39,7 +39,7 @@ import anyio
 import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
-from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, NearEndDetector, TwoPathEchoFilter, band_levels_db
+from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, BandNoiseFloor, NearEndDetector, TwoPathEchoFilter, band_levels_db
 from .echo_calibration import CalibrationSchedule, calibration_sound
 from .echo_path_fit import FIT_DETECTOR_FRAMES, EchoPathFit
 from .frames import AudioFrame
@@ -277,6 +277,10 @@ class _ReferenceStage(Stage):
         #: signal is muted.
         self.for_asr: np.ndarray | None = None
         self._lagged: np.ndarray | None = None  # the last latency_samples of capture and reference
+        #: None, or a list :meth:`process` appends each call's inputs to, on the output's clock:
+        #: (first sample, microphone, reference, AEC3's output), int16 copies; what
+        #: ``benchmarks.echo_replay`` needs to run the stage again on a live session.
+        self.recording: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] | None = None
 
     @property
     def latency_samples(self) -> int:
@@ -315,6 +319,8 @@ class _ReferenceStage(Stage):
         (the first call's first ``latency_samples`` are silence from before the input began)."""
         cancelled = self._cancel(capture, reference)
         capture, reference = self._aligned(capture, reference)
+        if self.recording is not None:
+            self.recording.append((start - self.latency_samples, capture.copy(), reference.copy(), cancelled.copy()))
         out = self.gate.process(cancelled, reference, capture) if self.gate is not None else cancelled
         self.for_asr = None
         out = self._double_talk(capture, reference, cancelled, out)
@@ -413,6 +419,8 @@ class EchoCancellation(_ReferenceStage):
     against 0.40 for AEC3 alone on the same live seeds (docs/echo.md). The veto also held quiet
     users; the filter is two paths (:class:`~.double_talk.TwoPathEchoFilter`), so its leak holds
     still, and a residual :data:`~.double_talk.AEC_FLOOR_BYPASS_DB` over the line goes through.
+    A band's residual at that band's noise floor (:class:`~.double_talk.BandNoiseFloor`) is no
+    evidence of a voice.
 
     ``residual_for_asr``: where the VAD's signal is muted (converged, not judged near-end), the
     ASR gets the linear residual instead (:attr:`AudioFrame.asr_samples`): the user plus 25-45 dB
@@ -467,6 +475,8 @@ class EchoCancellation(_ReferenceStage):
         # the detectors' bands (the speech band's first), and the far end's level in each, last 400 ms
         self._bands_hz = [SPEECH_BAND_HZ, HIGH_BAND_HZ] if self.near_end_high is not None else [SPEECH_BAND_HZ]
         self._far_bands_db = [deque(maxlen=GATE_WINDOW_MS // FRAME_MS) for _ in self._bands_hz]
+        #: The residual's noise floor in each detector's band: a frame not over it is no evidence.
+        self.noise_floor = BandNoiseFloor(len(self._bands_hz))
         self._quiet_frames = 0  # far-end frames in a row under DOUBLE_TALK_PAUSED_DBFS
         self._since_pause: int | None = None  # frames since the last pause ended (None: none pending)
         self._onset_frames = 0  # frames left of the current far-end onset (DOUBLE_TALK_ONSET_MS)
@@ -599,6 +609,8 @@ class EchoCancellation(_ReferenceStage):
         for history, far_band_db in zip(self._far_bands_db, band_levels_db(reference[piece], self._bands_hz)):
             history.append(far_band_db)
         self._track_onset(far_db)
+        linear_bands_db = band_levels_db(residual, self._bands_hz)
+        self.noise_floor.update(linear_bands_db)  # every frame: between replies the residual is the room's noise
         if max(self._far_db) < GATE_AUDIBLE_DBFS:  # nothing plays: AEC3's output is the microphone
             self._hangover = 0
             for detector in self._detectors():
@@ -608,14 +620,15 @@ class EchoCancellation(_ReferenceStage):
         # compared in the speech band, where the filter has learnt the room (SPEECH_BAND_HZ), and in
         # the band soft starts are loudest in (HIGH_BAND_HZ): the residual against the loudest far-end
         # frame of the last 400 ms. A residual louder than the microphone is the filter's own error
-        # (the echo of a reply's first word has not arrived yet), not a voice.
+        # (the echo of a reply's first word has not arrived yet), not a voice; nor is one at its band's
+        # noise floor (double_talk.NOISE_FLOOR_MARGIN_DB).
         mic_bands_db = band_levels_db(capture[piece], self._bands_hz)
-        linear_bands_db = band_levels_db(residual, self._bands_hz)
         relative_db, *high_relative = [linear - max(history) for linear, history in zip(linear_bands_db, self._far_bands_db)]
         filter_error, *high_error = [linear > mic + 1.0 for linear, mic in zip(linear_bands_db, mic_bands_db)]
-        near = self._decide(self.near_end, relative_db, filter_error, mic_db, aec_db)
+        quiet, *high_quiet = self.noise_floor.quiet(linear_bands_db)
+        near = self._decide(self.near_end, relative_db, filter_error or quiet, mic_db, aec_db)
         if self.near_end_high is not None:
-            if self._decide(self.near_end_high, high_relative[0], high_error[0], mic_db, aec_db) and not near:
+            if self._decide(self.near_end_high, high_relative[0], high_error[0] or high_quiet[0], mic_db, aec_db) and not near:
                 near = True
                 self.high_band_frames += 1
         if near:
@@ -647,8 +660,9 @@ class EchoCancellation(_ReferenceStage):
         return [d for d in (self.near_end, self.near_end_high) if d is not None]
 
     @staticmethod
-    def _decide(detector: NearEndDetector, relative_db: float, filter_error: bool, mic_db: float, aec_db: float) -> bool:
-        if filter_error or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
+    def _decide(detector: NearEndDetector, relative_db: float, no_evidence: bool, mic_db: float, aec_db: float) -> bool:
+        """``no_evidence``: the frame says nothing of a voice (the filter's own error, or the noise floor)."""
+        if no_evidence or mic_db <= DOUBLE_TALK_FLOOR_DBFS:
             detector.reset()
             return False
         return detector.is_near_end(relative_db, aec_db)

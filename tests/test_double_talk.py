@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from realtime_pipeline.double_talk import LinearEchoFilter, NearEndDetector, TwoPathEchoFilter, band_level_db
+from realtime_pipeline.double_talk import BandNoiseFloor, LinearEchoFilter, NearEndDetector, TwoPathEchoFilter, band_level_db
 from realtime_pipeline.io.echo_room import synthetic_impulse_response
 
 RATE = 16000
@@ -154,7 +154,7 @@ def _passed_after_a_voice(far_silent_ms: int, far_playing_ms: int, ramp_dbfs: tu
     stage.linear = _PassThrough()
     assert stage.near_end is not None
     for _ in range(150):
-        stage.near_end.learn(-35.0)  # a converged filter: the line is at -29 dB
+        stage.near_end.learn(-35.0)  # a converged filter: the line is at -31 dB
     rng = np.random.default_rng(3)
 
     def frame(level_dbfs: float) -> np.ndarray:
@@ -272,3 +272,62 @@ def test_a_soft_consonant_under_a_loud_voiced_echo_is_heard_in_the_high_band(hig
     summary = stage_summary(stage)  # what the benchmarks report of the two detectors
     assert summary["double_talk_high_band_frames"] == (8 if high_band else None)
     assert summary["double_talk_high_band_vetoed_frames"] == (0 if high_band else None)  # AEC3 let the user through
+
+
+def test_the_noise_floor_is_a_low_percentile_of_each_bands_level():
+    floor = BandNoiseFloor(2, min_frames=50)
+    rng = np.random.default_rng(8)
+    assert floor.quiet([-90.0, -90.0]) == [False, False] and floor.floor_db is None  # nothing learnt: no guard
+    for _ in range(400):  # the room's noise, and now and then a word (a quarter of the frames)
+        word = rng.random() < 0.25
+        floor.update([-80.0 + rng.normal(0, 1) + (40 if word else 0), -85.0 + rng.normal(0, 1) + (30 if word else 0)])
+    speech_band, high_band = floor.floor_db  # type: ignore[misc]
+    assert -82.5 < speech_band < -80.0 and -87.5 < high_band < -85.0  # the noise's, not the words'
+    assert floor.quiet([-76.0, -60.0]) == [True, False]  # 4 dB over the noise: no evidence; 25 dB: a voice
+    with pytest.raises(ValueError, match="2 band levels"):
+        floor.update([-80.0])
+    with pytest.raises(ValueError, match="bands"):
+        BandNoiseFloor(0)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_the_rooms_noise_under_a_reply_with_little_high_band_is_no_voice(guard: bool):
+    # the seed-4 pause of echo_sim --noise-dbfs -78: a reply with little energy over 2 kHz, white
+    # noise at the microphone, and the high band's line (the residual against the far end's level
+    # there) drawn while the far end had more of it; when the reply's high band goes quieter still,
+    # the noise alone stands over that line. At the band's noise floor it is no voice.
+    from realtime_pipeline.echo_cancel import EchoCancellation
+    from realtime_pipeline.io.outputs import MemoryOutput
+
+    stage = EchoCancellation(MemoryOutput(RATE), double_talk=True)
+    stage.linear = _PassThrough()  # the residual is the microphone: the leak and the noise below
+    if not guard:
+        stage.noise_floor.margin_db = float("-inf")
+    rng = np.random.default_rng(9)
+
+    def step(capture: np.ndarray, reference: np.ndarray, aec_removed_db: float) -> np.ndarray:
+        capture, reference = np.round(capture).astype(np.int16), np.round(reference).astype(np.int16)
+        cancelled = np.round(capture * 10 ** (-aec_removed_db / 20)).astype(np.int16)
+        return stage._double_talk(capture, reference, cancelled, capture.copy())
+
+    def microphone(reference: np.ndarray) -> np.ndarray:  # the filter's leak, 40 dB down, and -78 dBFS of noise
+        return reference * 10 ** (-40 / 20) + rng.normal(0, 32768 * 10 ** (-78 / 20), BLOCK)
+
+    for _ in range(300):  # echo alone: both lines drawn, the high band's with 2-4 kHz at -50 dBFS
+        reference = _band_noise(rng, -20, (200, 1500)) + _band_noise(rng, -50, (2000, 4000))
+        step(microphone(reference), reference, 30.0)
+    assert stage.near_end_high is not None and stage.near_end_high.threshold_db is not None
+    assert stage.noise_floor.floor_db is not None
+    for _ in range(80):  # the reply goes on with 20 dB less over 2 kHz: only the noise is there
+        reference = _band_noise(rng, -20, (200, 1500)) + _band_noise(rng, -70, (2000, 4000))
+        step(microphone(reference), reference, 30.0)
+    if guard:
+        assert stage.high_band_frames == 0 and stage.double_talk_frames == 0
+    else:  # what the guard is for: the noise alone passes as a voice
+        assert stage.high_band_frames > 20  # once the louder frames left the far end's last 400 ms
+    passed_before = stage.double_talk_frames
+    for _ in range(10):  # a user's soft "s", 25 dB over the noise in 2-4 kHz, still passes
+        reference = _band_noise(rng, -20, (200, 1500)) + _band_noise(rng, -70, (2000, 4000))
+        step(microphone(reference) + _band_noise(rng, -60, (2000, 4000)), reference, 10.0)
+    assert stage.double_talk_frames - passed_before >= 8
+

@@ -164,7 +164,7 @@ def test_the_fit_checks_its_blocks():
 
 
 def test_after_a_fit_the_detector_draws_its_line_afresh_and_sooner():
-    detector = NearEndDetector(min_frames=10, history=50)
+    detector = NearEndDetector(min_frames=10, history=50, margin_db=6.0)
     for _ in range(10):
         detector.learn(-20.0)
     assert detector.threshold_db == pytest.approx(-14.0)  # p90 of -20 plus the 6 dB margin

@@ -358,3 +358,30 @@ def test_the_users_voice_leaves_the_stage_on_one_clock_whichever_path_carries_it
     # AEC3's output (its high-pass filter shifts the best match by a sample or two on some voices)
     assert abs(_lag(for_asr, user, slice(stop + RATE // 2, start + length - RATE // 50)) - lag) <= 2
 
+
+
+def test_a_recorded_session_replays_to_the_same_output_and_finds_the_users_pause(room, tmp_path):
+    # benchmarks.echo_replay: what the stage got, saved and run again, gives its output back exactly
+    from benchmarks import echo_replay
+
+    reference, capture, _, start, length, onset = room
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    stage.recording = []
+    step = 320
+    out = np.concatenate([stage.process(i, capture[i : i + step], reference[i : i + step])
+                          for i in range(0, len(capture) // step * step, step)])
+    path = tmp_path / "session.npz"
+    echo_replay.save_recording(path, stage, [(start, length)], [echo_replay.Attempt(USER, start, onset, start + length, 100.0)])
+    recording = echo_replay.load_recording(path)
+    result = echo_replay.replay(recording)
+    assert np.array_equal(result["output"], out)
+    pause_ms = result["attempts"][0]["pause_ms"]
+    assert pause_ms is not None and 0 < pause_ms < 500, pause_ms  # the user, heard over the reply
+    assert result["pauses_on_echo"] == []
+    pooled = echo_replay.summary([result])
+    assert pooled["attempts"] == 1 and pooled["missed"] == 0 and pooled["pause_ms"]["p50"] == pause_ms
+    # a variant runs on the same frames: AEC3 alone holds the user back (docs/echo.md: 390 ms or never)
+    alone = echo_replay.replay(recording, make_stage=lambda **settings: echo_replay.ReplayedStage(**{**settings, "double_talk": False}))
+    assert not np.array_equal(alone["output"], out)
+    later = alone["attempts"][0]["pause_ms"]
+    assert later is None or later > pause_ms

@@ -8,10 +8,12 @@ output), where the user spoke (the echo room's own record), each attempt's onset
 live run measured. This module runs a fresh stage on those frames with the VAD's start rule
 (``echo_sim.VadRule``) and reports, per attempt, the time from the user's onset until the VAD
 had ``min_interruption_ms`` voiced (when the conversation pauses the reply), and the pauses with
-no user sound in the 300 ms before (on echo alone). Unchanged code gives back the live stage's
-output exactly (``tests/test_echo_replay.py``); the pause is the live barge-in less the output's
-last block (15-35 ms on eight recorded runs) and ranks attempts the same. What it cannot show:
-a reply stopped sooner would have played differently afterwards.
+no user sound in the 300 ms before (on echo alone). Unchanged code gives the stage's output back
+exactly where its fits ran inline (offline: ``tests/test_echo_real.py``); live, the start sound's fit
+runs on a worker thread, so the replay may install it a few frames apart. The pause is the live
+barge-in less the output's last block (6-37 ms on a recorded run, 15-35 ms on eight ad-hoc ones) and
+ranks attempts the same. What it cannot show: a reply stopped sooner would have played differently
+afterwards.
 
 ``python -m benchmarks.echo_replay run0.npz run4.npz ...`` (``--json PATH``). Variants are
 tried by changing the stage's settings in a script around :func:`replay` (its ``make_stage``).
@@ -78,7 +80,7 @@ def save_recording(path: Path, stage: EchoCancellation, user_frames: Sequence[tu
         if following != start + len(capture):
             raise ValueError(f"the recorded frames are not contiguous: {start} + {len(capture)} then {following}")
     settings = {"double_talk": stage.linear is not None, "high_band": stage.near_end_high is not None,
-                "echo_path_fit": stage._fits_all_along}
+                "echo_path_fit": stage.fits_all_along}
     meta = {"calibrated": stage.calibration_result is not None, "settings": settings,
             "attempts": [a.__dict__ for a in attempts]}
     np.savez_compressed(path, start_sample=np.array(frames[0][0]),

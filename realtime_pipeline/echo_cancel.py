@@ -458,7 +458,8 @@ class EchoCancellation(_ReferenceStage):
         #: How the calibration went: None (none ran), else whether its sound played and a fit on it
         #: replaced the filter's weights.
         self.calibration_result: dict[str, bool] | None = None
-        self._fits_all_along = echo_path_fit
+        #: Least-squares fits of the echo path run all along (``echo_path_fit``), not only on the start sound.
+        self.fits_all_along = echo_path_fit
         self._calibration_gate: ResidualGate | None = None
         self.residual_for_asr = residual_for_asr
         self.canceller = canceller
@@ -594,7 +595,7 @@ class EchoCancellation(_ReferenceStage):
             # without the sound if no fit was installed (a user spoke over it): the filter is the NLMS's
             for detector in self._detectors():
                 detector.relearn(FIT_DETECTOR_FRAMES if installed else detector.min_frames)
-        if self.fit is not None and not self._fits_all_along:
+        if self.fit is not None and not self.fits_all_along:
             self.fit.close()
             self.fit = None
 

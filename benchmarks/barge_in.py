@@ -134,9 +134,9 @@ class Attempt:
     start_s: float  # its first sample (some lead before the words)
     onset_s: float
     target: Response | None
-    start_sample: int = 0  # the same three on the input's sample clock (the echo stage's recording's)
-    onset_sample: int = 0
-    end_sample: int = 0
+    start_sample: int  # the first sample, the onset and the end on the input's sample clock (the echo stage's recording's)
+    onset_sample: int
+    end_sample: int
 
 
 class BargeInSource(Stage):

@@ -22,6 +22,7 @@ tried by changing the stage's settings in a script around :func:`replay` (its ``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -82,7 +83,7 @@ def save_recording(path: Path, stage: EchoCancellation, user_frames: Sequence[tu
     settings = {"double_talk": stage.linear is not None, "high_band": stage.near_end_high is not None,
                 "echo_path_fit": stage.fits_all_along}
     meta = {"calibrated": stage.calibration_result is not None, "settings": settings,
-            "attempts": [a.__dict__ for a in attempts]}
+            "attempts": [dataclasses.asdict(a) for a in attempts]}
     np.savez_compressed(path, start_sample=np.array(frames[0][0]),
                         capture=np.concatenate([f[1] for f in frames]), reference=np.concatenate([f[2] for f in frames]),
                         cancelled=np.concatenate([f[3] for f in frames]),
@@ -120,8 +121,8 @@ class ReplayedStage(EchoCancellation):
 def replay(recording: Recording, *, make_stage: Callable[..., ReplayedStage] = ReplayedStage,
            interruptions: InterruptionSettings | None = None, chunk_ms: int = 20) -> dict[str, Any]:
     """Runs ``make_stage(**recording.settings)`` on the recording; returns ``attempts`` (name,
-    ``pause_ms`` from the onset or None, ``live_barge_in_ms``), ``pauses_on_echo`` (input samples)
-    and ``output`` (what the VAD heard)."""
+    ``pause_ms`` from the onset or None, ``live_barge_in_ms``), ``pauses_on_echo`` (input samples),
+    ``output`` (what the VAD heard) and ``stage`` (for a script to read its detectors' state)."""
     stage = make_stage(**recording.settings)
     if recording.calibrated:
         stage.start_calibration(RATE)

@@ -154,7 +154,7 @@ def _passed_after_a_voice(far_silent_ms: int, far_playing_ms: int, ramp_dbfs: tu
     stage.linear = _PassThrough()
     assert stage.near_end is not None
     for _ in range(150):
-        stage.near_end.learn(-35.0)  # a converged filter: the line is at -31 dB
+        stage.near_end.learn(-35.0)  # a converged filter: the line is at -29 dB
     rng = np.random.default_rng(3)
 
     def frame(level_dbfs: float) -> np.ndarray:

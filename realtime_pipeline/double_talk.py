@@ -277,7 +277,7 @@ def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND
 #: 4 dB since stop 34 (6 before), with the veto's bypass at 6 dB: the start sound's one fit
 #: (:class:`~.echo_calibration.StartSoundFit`) leaves the first replies' echo 55 dB down instead of
 #: 28, so the line no longer has a half-learnt filter's leak to sit over. Live (eight barge-in seeds,
-#: the issue's room) p50 / p95 105 / 164 ms against 105 / 203 at 6 dB with the fit and 108 / 267
+#: the issue's room) p50 / p95 105 / 164 ms against 105 / 203 at 6 dB with the fit and 108 / 297
 #: before it, no self-interruption; the two-turn echo-room run of ``tests/test_benchmark_smoke.py``
 #: (a session's first two replies) paused on its echo in 0 of 20 runs. In stop 33, without the fit,
 #: 4 dB paused it in 5 of 20 and was withdrawn (docs/echo.md, "One fit on the whole start sound").

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .echo_path_fit import FIT_GAIN_DB, FIT_MAX_DELAY_MS, echo_delay_samples, least_squares_fir
+from .echo_path_fit import FIT_GAIN_DB, FIT_MAX_DELAY_MS, fit_echo_path
 
 #: The sound's length: 800 ms left the detector 50 frames of echo alone after the fit's first
 #: 300 ms (500 ms left too few: its line was not drawn before the first reply).
@@ -119,7 +119,7 @@ class StartSoundFit:
     for a louder syllable. One fit over all of it, when it is over, removed 55 dB
     (:data:`CALIBRATION_FIR_MS`). The frames it fits are those the calibration's half-duplex gate
     took for echo, one stretch without holes when nobody speaks: the fit windows the reference by the same mask
-    (the autocorrelation method, :func:`~.echo_path_fit.least_squares_fir`), which is exact inside a
+    (the autocorrelation method, :func:`~.echo_path_fit.fit_echo_path`), which is exact inside a
     stretch and fits scattered frames badly (the stage's echo-alone frames, AEC3 removing 20 dB,
     skip the sound's first 120 ms and its tail: 16 dB on the same reply). A user louder than the
     echo is left out by the gate; one under it is noise to the fit, which then gains less and may
@@ -163,12 +163,13 @@ class StartSoundFit:
             return None
         x, y = np.concatenate(self._reference), np.concatenate(self._capture)
         mask = np.repeat(np.asarray(self._echo, dtype=np.float64), self.block)
-        start = max(0, echo_delay_samples(x, y * mask, self.max_delay) - self.block // 5)  # 2 ms before the direct path
-        taps = min(self.fir, self.tail - start)
-        if taps <= 0:
+        found = fit_echo_path(x, y, mask, fir=self.fir, tail=self.tail, max_delay=self.max_delay,
+                              lead=self.block // 5)  # from 2 ms before the direct path
+        if found is None:
             return None
+        start, fir = found
         fitted = np.zeros(self.tail)
-        fitted[start : start + taps] = least_squares_fir(x, y, start, taps, mask=mask)
+        fitted[start : start + len(fir)] = fir
         left, before = (float(np.sum((mask * (y - _convolved(x, h))) ** 2)) for h in (fitted, running_taps))
         if left <= 0.0:
             return None

@@ -113,10 +113,6 @@ class LinearEchoFilter:
         parts = np.asarray(taps, dtype=np.float64).reshape(self.partitions, self.block)
         self._weights = np.fft.rfft(np.concatenate([parts, np.zeros_like(parts)], axis=1), axis=1)
 
-    def taps(self) -> np.ndarray:
-        """The echo path estimate as an impulse response over the whole tail (:meth:`set_taps`'s form)."""
-        return np.fft.irfft(self._weights, n=2 * self.block, axis=1)[:, : self.block].ravel()
-
     def set_weights(self, other: LinearEchoFilter) -> None:
         """Takes ``other``'s echo path estimate (the same tail and block)."""
         if other._weights.shape != self._weights.shape:
@@ -197,10 +193,6 @@ class TwoPathEchoFilter:
             self.resets += 1
             self._energies.clear()
 
-    def taps(self) -> np.ndarray:
-        """The foreground's echo path estimate (:meth:`LinearEchoFilter.taps`)."""
-        return self.foreground.taps()
-
     def set_taps(self, taps: np.ndarray) -> None:
         """Both paths start from ``taps`` (:meth:`LinearEchoFilter.set_taps`)."""
         self.foreground.set_taps(taps)
@@ -274,14 +266,11 @@ def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND
 #: 100 ms, VAD onset p50/p95 with single-frame decisions: margin 6 dB 80/111 ms, 8 dB 80/206 ms
 #: (history 150 frames; with 500 the threshold lagged the filter's convergence: p95 444 ms);
 #: with the confirmation below 100/215 ms (clean speech: 60/80 ms; AEC3 alone 440/745 ms).
-#: 4 dB since stop 34 (6 before), with the veto's bypass at 6 dB: the start sound's one fit
-#: (:class:`~.echo_calibration.StartSoundFit`) leaves the first replies' echo 55 dB down instead of
-#: 28, so the line no longer has a half-learnt filter's leak to sit over. Live (eight barge-in seeds,
-#: the issue's room) p50 / p95 105 / 164 ms against 105 / 203 at 6 dB with the fit and 108 / 297
-#: before it, no self-interruption; the two-turn echo-room run of ``tests/test_benchmark_smoke.py``
-#: (a session's first two replies) paused on its echo in 0 of 20 runs. In stop 33, without the fit,
-#: 4 dB paused it in 5 of 20 and was withdrawn (docs/echo.md, "One fit on the whole start sound").
-NEAR_END_MARGIN_DB = 4.0
+#: 4 dB (with the veto's bypass at 6 dB) was the default for a few hours of stop 33: offline and in
+#: the live barge-in runs it was faster (p95 255 → 165-212 ms, docs/echo.md, "A lower line"), but in
+#: the two-turn echo-room run of ``tests/test_benchmark_smoke.py`` (the session's first two replies)
+#: it paused a reply on its own echo in 5 of 20 runs, against 0 of 8 at 6 dB / 10 dB (not traced).
+NEAR_END_MARGIN_DB = 6.0
 NEAR_END_PERCENTILE = 90.0
 NEAR_END_HISTORY_FRAMES = 150
 #: A frame is near-end only if ``[0]`` of the last ``[1]`` frames (this one included) were above
@@ -306,11 +295,8 @@ AEC_FLOOR_MARGIN_DB = 1.0
 #: 0.3-4 dB over a line 6 dB over its p90 where it paused replies (traced in the simulator), a quiet
 #: user held at AEC3's floor 10-30 dB (``mfa_whisper2`` with the true echo path). With
 #: :class:`TwoPathEchoFilter` and that line, 10 dB here: no reply paused on its echo over seeds 0-39
-#: (960 attempts) and barge-in p95 160-409 ms against 247-444 ms (docs/echo.md, "Two paths"). 6 dB
-#: since stop 34, with the line at 4 dB (:data:`NEAR_END_MARGIN_DB`): the veto still holds the
-#: residual up to the same height over the echo alone's p90 (10 dB), and the simulator paused no reply
-#: on its echo in 1056 attempts (p95 118-161 ms against 159-409 before).
-AEC_FLOOR_BYPASS_DB = 6.0
+#: (960 attempts) and barge-in p95 160-409 ms against 247-444 ms (docs/echo.md, "Two paths").
+AEC_FLOOR_BYPASS_DB = 10.0
 
 
 class NearEndDetector:

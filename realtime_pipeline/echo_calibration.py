@@ -6,16 +6,15 @@ leaves it ~0.3 s of echo alone per reply (in twelve live barge-in runs the first
 interruptions took a median 353 ms, the later ones 123 ms). Speech is also a poor signal to learn a room from
 (its spectrum is coloured and keeps changing); noise is the textbook one. So when the session
 starts the echo stage plays a short, soft noise (pink above 100 Hz, fades in and out: a
-breath-like "shh") and, once its echo is over, fits the echo path on all of it by least squares
-(:class:`StartSoundFit`), which then starts the double-talk filter.
+breath-like "shh") and fits the echo path on it by least squares
+(:class:`~.echo_path_fit.EchoPathFit`), which then starts the double-talk filter.
 
 Measured (docs/echo.md, "The start sound"): offline (``python -m benchmarks.echo_sim --long-every 0``,
 8 sessions) barge-in p50 / p95 214 / 1109 ms without it, 115 / 415 ms with it, the first two
 interruptions of a session 300 → 142 ms (median), no self-interruption either way; live (twelve
 barge-in runs each) the first four 353 → 186 ms, p95 578 → 534 ms, the users' WER 0.266 → 0.215
 (0.180 without echo), no self-interruption either way. The NLMS
-alone on 1-2 s of this noise removes only 4-13 dB; a least-squares fit on 0.3 s of it more than 20 dB,
-one on all of it 55 dB of the first reply's echo (:class:`StartSoundFit`).
+alone on 1-2 s of this noise removes only 4-13 dB; a least-squares fit on 0.3 s of it more than 20 dB.
 
 It also lets AEC3 hear the room before the first reply: without it AEC3 let that reply's echo
 through often enough for the VAD to pause it (``python -m benchmarks.first_reply``, 16 Piper replies
@@ -23,16 +22,15 @@ in each of three rooms: 5 of 48 first replies without it, none with it, 4 of the
 room; after a user's first turn, spoken over the sound or not, 9 of 96 against 1 of 96; docs/echo.md, "On by default again").
 
 :class:`CalibrationSchedule` says, frame by frame on the microphone's clock, when the sound and
-its echo are over (the stage then fits them). A user who talks over it is heard only if louder
-than its echo (the stage is half duplex meanwhile); a fit on the sound with a voice over it did not beat the filter in the case measured
+its echo are over (the stage then stops fitting unless ``echo_path_fit`` asked for fits all
+along). A user who talks over it is heard only if louder than its echo (the stage is half duplex
+meanwhile); a fit on the sound with a voice over it did not beat the filter in the case measured
 (tests/test_echo_real.py), and the session then learns from the replies, as without it.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .echo_path_fit import FIT_GAIN_DB, FIT_MAX_DELAY_MS, fit_echo_path
 
 #: The sound's length: 800 ms left the detector 50 frames of echo alone after the fit's first
 #: 300 ms (500 ms left too few: its line was not drawn before the first reply).
@@ -46,14 +44,6 @@ CALIBRATION_WAIT_MS = 3000
 #: Band of the noise: below 100 Hz a laptop speaker plays nothing, above 7.5 kHz the 16 kHz input hears nothing.
 CALIBRATION_BAND_HZ = (100.0, 7500.0)
 FADE_MS = 50
-#: :class:`StartSoundFit`'s FIR, from just before the echo's delay. On two recorded live sessions
-#: (the issue's room) a fit on the whole sound and its tail left the first reply's echo 44 dB down
-#: (median, speech band) with 150 ms, 55 dB with 250 ms and 400 ms, against 28 dB for the filter the
-#: running fits left (docs/echo.md, "One fit on the whole start sound"); 250 ms keeps the system
-#: small enough to solve in ~10 ms.
-CALIBRATION_FIR_MS = 250
-#: Fewer frames of the sound's echo than this (a user talked over most of it): no fit.
-CALIBRATION_MIN_FRAMES = 30
 
 
 def calibration_sound(sample_rate_hz: int, *, duration_ms: int = CALIBRATION_MS, level_dbfs: float = CALIBRATION_DBFS,
@@ -106,78 +96,3 @@ class CalibrationSchedule:
         else:
             self.over = self._frames >= self.wait_frames
         return not self.over
-
-
-class StartSoundFit:
-    """The echo path fitted once on the whole start sound and its echo, by least squares.
-
-    The sound is pink noise, the best signal to learn a room from, and it is over within 1.2 s;
-    fitting it while it plays (:class:`~.echo_path_fit.EchoPathFit`, fits every 100 ms, each judged
-    on the last 100 ms of echo alone) left the double-talk filter removing 28 dB of the first reply's
-    echo (median over its echo alone, speech band; two recorded live sessions in the issue's room),
-    and the near-end detector's line stood so high that a user 20 dB under the reply waited 390 ms
-    for a louder syllable. One fit over all of it, when it is over, removed 55 dB
-    (:data:`CALIBRATION_FIR_MS`). The frames it fits are those the calibration's half-duplex gate
-    took for echo, one stretch without holes when nobody speaks: the fit windows the reference by the same mask
-    (the autocorrelation method, :func:`~.echo_path_fit.fit_echo_path`), which is exact inside a
-    stretch and fits scattered frames badly (the stage's echo-alone frames, AEC3 removing 20 dB,
-    skip the sound's first 120 ms and its tail: 16 dB on the same reply). A user louder than the
-    echo is left out by the gate; one under it is noise to the fit, which then gains less and may
-    lose to the running filter: :meth:`fit` is judged in-sample against it and must win by
-    :data:`~.echo_path_fit.FIT_GAIN_DB` (the in-sample optimism of 4000 taps on ~1 s is ~1 dB).
-    """
-
-    def __init__(self, *, tail: int, block: int, sample_rate_hz: int, fir_ms: int = CALIBRATION_FIR_MS,
-                 min_frames: int = CALIBRATION_MIN_FRAMES) -> None:
-        if tail <= 0 or block <= 0 or tail % block:
-            raise ValueError(f"the tail ({tail} samples) must be whole blocks of {block}")
-        self.tail = tail
-        self.block = block
-        self.fir = fir_ms * sample_rate_hz // 1000
-        self.max_delay = FIT_MAX_DELAY_MS * sample_rate_hz // 1000
-        self.min_frames = min_frames
-        self._reference: list[np.ndarray] = []
-        self._capture: list[np.ndarray] = []
-        self._echo: list[bool] = []
-        #: How much less the fit left than the running filter on the sound's echo, in dB (None: no fit yet).
-        self.gain_db: float | None = None
-
-    def add(self, reference: np.ndarray, capture: np.ndarray, echo: bool) -> None:
-        """One block: what played, what the microphone heard, and whether that was the echo alone."""
-        if len(reference) != self.block or len(capture) != self.block:
-            raise ValueError(f"blocks of {self.block} samples, got {len(reference)} and {len(capture)}")
-        self._reference.append(np.asarray(reference, dtype=np.float64))
-        self._capture.append(np.asarray(capture, dtype=np.float64))
-        self._echo.append(bool(echo))
-
-    @property
-    def echo_frames(self) -> int:
-        return sum(self._echo)
-
-    def fit(self, running_taps: np.ndarray) -> np.ndarray | None:
-        """Taps over the whole tail (from lag 0) if the fit left :data:`~.echo_path_fit.FIT_GAIN_DB`
-        less of the sound's echo than ``running_taps`` (the filter as it is), else None."""
-        if len(running_taps) != self.tail:
-            raise ValueError(f"{self.tail} running taps, got {len(running_taps)}")
-        if self.echo_frames < self.min_frames:
-            return None
-        x, y = np.concatenate(self._reference), np.concatenate(self._capture)
-        mask = np.repeat(np.asarray(self._echo, dtype=np.float64), self.block)
-        found = fit_echo_path(x, y, mask, fir=self.fir, tail=self.tail, max_delay=self.max_delay,
-                              lead=self.block // 5)  # from 2 ms before the direct path
-        if found is None:
-            return None
-        start, fir = found
-        fitted = np.zeros(self.tail)
-        fitted[start : start + len(fir)] = fir
-        left, before = (float(np.sum((mask * (y - _convolved(x, h))) ** 2)) for h in (fitted, running_taps))
-        if left <= 0.0:
-            return None
-        self.gain_db = float(10.0 * np.log10(max(before, 1e-9) / left))
-        return fitted if self.gain_db >= FIT_GAIN_DB else None
-
-
-def _convolved(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
-    """``x`` through the FIR ``taps``, as long as ``x`` (by FFT)."""
-    size = 1 << int(np.ceil(np.log2(len(x) + len(taps))))
-    return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(taps, size), size)[: len(x)]

@@ -15,7 +15,7 @@ from realtime_pipeline import echo_cancel
 from realtime_pipeline.audio import read_wav, resample
 from realtime_pipeline.cancellation import CancelToken
 from realtime_pipeline.echo_cancel import EchoCancellation, EchoCanceller
-from realtime_pipeline.echo_path_fit import FIT_DETECTOR_FRAMES, FIT_GAIN_DB
+from realtime_pipeline.echo_path_fit import FIT_DETECTOR_FRAMES
 from realtime_pipeline.io.echo_room import EchoRoomSettings
 from realtime_pipeline.io.outputs import MemoryOutput
 from benchmarks.barge_in import speech_onset_sample
@@ -254,11 +254,6 @@ def test_the_start_sound_teaches_the_room_before_the_first_reply(room, settings)
     # the filter has heard ~0.5 s of the reply then and it cannot yet (this user, 1.6 dB under the
     # echo, is heard as fast either way: a fresh AEC3 lets them through; quieter ones wait for it)
     assert line_db is not None
-    # one fit on the whole sound (echo_calibration.StartSoundFit) left so little of the reply's echo
-    # that the line stood at -35 and -34 dB under the reply here; the fits while it played left it at
-    # -21 and -17 dB, over a user 20 dB under the reply (docs/echo.md, "One fit on the whole start sound")
-    assert stage.start_fit_gain_db is not None and stage.start_fit_gain_db >= FIT_GAIN_DB
-    assert line_db <= -30.0, line_db
     _, bare, _, bare_line_db = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
     assert bare_line_db is None and bare.calibration_result is None
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from .audio import INPUT_SAMPLE_RATE_HZ
 from .double_talk import HIGH_BAND_HZ, SPEECH_BAND_HZ, BandNoiseFloor, NearEndDetector, TwoPathEchoFilter, band_levels_db
-from .echo_calibration import CalibrationSchedule, calibration_sound
+from .echo_calibration import START_LEAK_MARGIN_DB, CalibrationSchedule, StartSoundFit, calibration_sound
 from .echo_path_fit import FIT_DETECTOR_FRAMES, EchoPathFit
 from .frames import AudioFrame
 from .io.loopback import LoopbackReader
@@ -461,6 +461,11 @@ class EchoCancellation(_ReferenceStage):
         #: Least-squares fits of the echo path run all along (``echo_path_fit``), not only on the start sound.
         self.fits_all_along = echo_path_fit
         self._calibration_gate: ResidualGate | None = None
+        self._start_fit: StartSoundFit | None = None
+        #: How much less of the start sound's echo its fit left than the filter did, in dB (None: no fit).
+        self.start_fit_gain_db: float | None = None
+        #: What the start sound's fit left of its echo, per detector's band (None: no fit installed).
+        self.start_fit_leak_db: list[float] | None = None
         self.residual_for_asr = residual_for_asr
         self.canceller = canceller
         self.linear = TwoPathEchoFilter() if double_talk else None
@@ -492,14 +497,15 @@ class EchoCancellation(_ReferenceStage):
 
     def start_calibration(self, sample_rate_hz: int) -> np.ndarray:
         """Calibrate from now on: returns the start sound at ``sample_rate_hz``, to be played while
-        the microphone's frames go through :meth:`process`; fits of the echo path run until its
-        echo is over (:class:`~.echo_calibration.CalibrationSchedule`)."""
+        the microphone's frames go through :meth:`process`; once its echo is over
+        (:class:`~.echo_calibration.CalibrationSchedule`) the echo path is fitted on all of it
+        (:class:`~.echo_calibration.StartSoundFit`)."""
         if self.linear is None:
             raise ValueError("calibration fits the double-talk path's filter: EchoCancellation(double_talk=True)")
-        if self.fit is None:
-            self.fit = self._new_fit()
         self.calibration = CalibrationSchedule()
         self._calibration_gate = ResidualGate()
+        self._start_fit = StartSoundFit(tail=self.linear.partitions * self.linear.block, block=self._step,
+                                        sample_rate_hz=INPUT_SAMPLE_RATE_HZ)
         self.calibration_result = {"played": False, "fit_installed": False}
         return calibration_sound(sample_rate_hz)
 
@@ -573,31 +579,43 @@ class EchoCancellation(_ReferenceStage):
         """One frame of the start sound or its echo: half duplex (AEC3 has not heard the room yet
         and passed the first 100-200 ms of the noise's echo at the microphone's level, which
         webrtcvad took for a voice: a turn before anyone spoke), so only a user louder than the
-        echo gets through. Once its echo is over, the fit on it stays only if fits run all along."""
+        echo gets through. Once its echo is over, the echo path is fitted on all of it
+        (:class:`~.echo_calibration.StartSoundFit`) and the fit replaces the filter's weights if it does better."""
         assert self.calibration is not None and self.calibration_result is not None and self._calibration_gate is not None
+        assert self._start_fit is not None
         muted_before = self._calibration_gate.muted_frames
         self._calibration_gate.process(capture[piece], reference[piece])
-        if self._calibration_gate.muted_frames > muted_before:
+        echo = self._calibration_gate.muted_frames > muted_before
+        if echo:
             out[piece] = muted(self._step, self._rng)
             if self.for_asr is not None:
                 self.for_asr[piece] = out[piece]
+        self._start_fit.add(reference[piece], capture[piece], echo)
         if self.calibration.step(ResidualGate._level_db(reference[piece]) >= GATE_AUDIBLE_DBFS):
             return
         self._calibration_gate = None
-        self.calibration_result["played"] = self.calibration.played
+        played = self.calibration.played
+        self.calibration_result["played"] = played
         self.calibration = None
-        installed = self.fit is not None and self.fit.installs > 0
+        taps = self._start_fit.fit(self.linear.taps()) if played else None  # ~10 ms, once a session
+        self.start_fit_gain_db = self._start_fit.gain_db
+        leaks_db = self._start_fit.leak_db(self._bands_hz, GATE_WINDOW_MS // FRAME_MS) if taps is not None else None
+        self._start_fit = None
+        if taps is not None:
+            self.linear.set_taps(taps)
+        self.start_fit_leak_db = leaks_db
+        installed = taps is not None or (self.fit is not None and self.fit.installs > 0)
         self.calibration_result["fit_installed"] = installed
-        if self.near_end is not None and self.calibration_result["played"]:
+        if self.near_end is not None and played:
             # the line is drawn afresh on the first reply's echo, not kept from the noise's (echo_sim,
             # 8 sessions, --long-every 3: the first two interruptions' median 141 ms against 200 ms
             # when kept, replies paused on their own echo 2 either way); from as many frames as
             # without the sound if no fit was installed (a user spoke over it): the filter is the NLMS's
-            for detector in self._detectors():
-                detector.relearn(FIT_DETECTOR_FRAMES if installed else detector.min_frames)
-        if self.fit is not None and not self.fits_all_along:
-            self.fit.close()
-            self.fit = None
+            # the fit's leak on the sound keeps the line up until the reply's reverberation has built up
+            # (echo_calibration.START_LEAK_MARGIN_DB)
+            for band, detector in enumerate(self._detectors()):
+                floor_db = None if leaks_db is None else leaks_db[band] + START_LEAK_MARGIN_DB
+                detector.relearn(FIT_DETECTOR_FRAMES if installed else detector.min_frames, leak_floor_db=floor_db)
 
     def _double_talk_frame(self, piece: slice, capture: np.ndarray, reference: np.ndarray, cancelled: np.ndarray,
                            out: np.ndarray, residual: np.ndarray) -> bool:
@@ -746,7 +764,9 @@ def stage_summary(stage: Any) -> dict[str, Any]:
                 "double_talk_filter_copies": getattr(stage.linear, "copies", None),
                 "echo_path_fits": stage.fit.fits if stage.fit is not None else None,
                 "echo_path_fits_installed": stage.fit.installs if stage.fit is not None else None,
-                "calibration": stage.calibration_result}
+                "calibration": stage.calibration_result,
+                "start_fit_gain_db": None if stage.start_fit_gain_db is None else round(stage.start_fit_gain_db, 1),
+                "start_fit_leak_db": None if stage.start_fit_leak_db is None else [round(v, 1) for v in stage.start_fit_leak_db]}
     if isinstance(stage, EchoGate):
         return {"mode": "gate", "muted_frames": stage.muted_frames}
     return {"mode": "none"}

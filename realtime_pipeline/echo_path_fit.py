@@ -117,6 +117,21 @@ def least_squares_fir(reference: np.ndarray, capture: np.ndarray, start: int, ta
     return toeplitz_solve(_correlation(weighted, weighted, taps), _correlation(capture * weights, shifted, taps), guess=guess)
 
 
+def fit_echo_path(reference: np.ndarray, capture: np.ndarray, mask: np.ndarray, *, fir: int, tail: int, max_delay: int,
+                  lead: int, guess: tuple[int, np.ndarray] | None = None) -> tuple[int, np.ndarray] | None:
+    """The echo path by least squares where ``mask`` is 1: its delay by GCC-PHAT
+    (:func:`echo_delay_samples`), then an FIR of up to ``fir`` taps from ``lead`` samples before it,
+    ending within ``tail`` (:func:`least_squares_fir`; ``guess``, a former ``(start, taps)``, starts
+    the solver if it has the same start and length). Returns ``(start, taps)``, or None if the delay
+    leaves no room in the tail."""
+    start = max(0, echo_delay_samples(reference, capture * mask, max_delay) - lead)
+    taps = min(fir, tail - start)
+    if taps <= 0:
+        return None
+    former = guess[1] if guess is not None and guess[0] == start and len(guess[1]) == taps else None
+    return start, least_squares_fir(reference, capture, start, taps, mask=mask, guess=former)
+
+
 class EchoPathFit:
     """Collects what played, what the microphone heard and what the running filter left, block
     by block, and fits the echo path by least squares (module docstring).
@@ -239,12 +254,11 @@ class EchoPathFit:
         mask = np.repeat(np.asarray(alone, dtype=np.float64), self.block)
         if not np.any(y[:cut] * mask[:cut]) or not np.any(x[:cut]):
             return None
-        start = max(0, echo_delay_samples(x[:cut], y[:cut] * mask[:cut], self.max_delay) - self.block // 5)  # 2 ms before the direct path
-        taps = min(self.fir, self.tail - start)
-        if taps <= 0:
+        fitted = fit_echo_path(x[:cut], y[:cut], mask[:cut], fir=self.fir, tail=self.tail, max_delay=self.max_delay,
+                               lead=self.block // 5, guess=guess)
+        if fitted is None:
             return None
-        former = guess[1] if guess is not None and guess[0] == start and len(guess[1]) == taps else None
-        fir = least_squares_fir(x[:cut], y[:cut], start, taps, mask=mask[:cut], guess=former)
+        start, fir = fitted
         shifted = np.concatenate([np.zeros(start), x])[: len(x)]
         estimate = np.convolve(shifted, fir)[: len(x)]
         held_samples = (held[:, None] * self.block + np.arange(self.block)).ravel()

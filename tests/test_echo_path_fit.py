@@ -177,3 +177,28 @@ def test_after_a_fit_the_detector_draws_its_line_afresh_and_sooner():
     assert detector.threshold_db == pytest.approx(-24.0)  # from the new filter's 5 frames, not 10
     with pytest.raises(ValueError, match="min_frames"):
         detector.relearn(0)
+
+
+def test_the_line_stays_over_what_the_new_filter_was_measured_to_leave():
+    # the start sound's fit measured its leak on steady noise; a reply's first frames leak less
+    # (their reverberation has not built up), so the line drawn from them stays over the leak,
+    # and so does the line drawn later from a full history (a reverberant room's leak comes back)
+    detector = NearEndDetector(min_frames=10, history=20, margin_db=4.0, lowest_threshold_db=-40.0)
+    detector.relearn(5, leak_floor_db=-30.0)
+    for _ in range(4):
+        detector.learn(-50.0)
+    assert detector.threshold_db is None  # no line before 5 frames, floor or not
+    detector.learn(-50.0)
+    assert detector.threshold_db == pytest.approx(-30.0)  # not -46 (p90 + 4) nor the lowest point, -40
+    assert not detector.is_near_end(-31.0)
+    for _ in range(40):
+        detector.learn(-50.0)
+    assert detector.threshold_db == pytest.approx(-30.0)  # a full history of the new filter's echo: still
+    for _ in range(20):
+        detector.learn(-25.0)
+    assert detector.threshold_db == pytest.approx(-21.0)  # the history's own line, where it is higher
+    # a filter replaced without a measured leak clears it
+    detector.relearn(5)
+    for _ in range(5):
+        detector.learn(-50.0)
+    assert detector.threshold_db == pytest.approx(-40.0)

@@ -7,6 +7,8 @@ is ``test_latency_benchmark_in_the_echo_room_does_not_interrupt_itself``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jiwer
 import numpy as np
 import pytest
@@ -15,7 +17,7 @@ from realtime_pipeline import echo_cancel
 from realtime_pipeline.audio import read_wav, resample
 from realtime_pipeline.cancellation import CancelToken
 from realtime_pipeline.echo_cancel import EchoCancellation, EchoCanceller
-from realtime_pipeline.echo_path_fit import FIT_DETECTOR_FRAMES
+from realtime_pipeline.echo_path_fit import FIT_DETECTOR_FRAMES, FIT_GAIN_DB
 from realtime_pipeline.io.echo_room import EchoRoomSettings
 from realtime_pipeline.io.outputs import MemoryOutput
 from benchmarks.barge_in import speech_onset_sample
@@ -28,6 +30,7 @@ pytestmark = [pytest.mark.models,
               pytest.mark.skipif(not echo_cancel.aec_available(), reason="the [aec] extra is not installed")]
 
 RATE = 16000
+REPLIES_DIR = Path(__file__).parent / "data" / "replies"
 REPLY = ("Paris is the capital of France, and it sits on the river Seine in the north of the country. "
          "It is known for the Eiffel Tower, the Louvre museum and its many cafes along wide boulevards. "
          "Millions of visitors come every year to see its art, its food and its old streets.")
@@ -254,6 +257,11 @@ def test_the_start_sound_teaches_the_room_before_the_first_reply(room, settings)
     # the filter has heard ~0.5 s of the reply then and it cannot yet (this user, 1.6 dB under the
     # echo, is heard as fast either way: a fresh AEC3 lets them through; quieter ones wait for it)
     assert line_db is not None
+    # one fit on the whole sound (echo_calibration.StartSoundFit) left so little of the reply's echo
+    # that the line stood at -35 and -34 dB under the reply here; the fits while it played left it at
+    # -21 and -17 dB, over a user 20 dB under the reply (docs/echo.md, "One fit on the whole start sound")
+    assert stage.start_fit_gain_db is not None and stage.start_fit_gain_db >= FIT_GAIN_DB
+    assert line_db <= -30.0, line_db
     _, bare, _, bare_line_db = _first_reply_with_a_start_sound(room, calibrate=False, settings=settings)
     assert bare_line_db is None and bare.calibration_result is None
 
@@ -268,6 +276,22 @@ def test_in_a_reverberant_room_the_first_reply_after_the_start_sound_does_not_in
     assert self_interruption_s(settings, reference, calibrate=True) is None, "the first reply paused on its own echo"
     bare = self_interruption_s(settings, reference, calibrate=False, guard=False)
     print(f"\nwithout the start sound (and without the longer threshold) this reply paused at {bare} s")  # not asserted
+
+
+@pytest.mark.parametrize("name", ["fox_story.wav", "tea.wav"])
+def test_first_replies_whose_echo_outgrew_a_line_drawn_too_soon_do_not_interrupt_themselves(name):
+    # two Piper replies that paused on their echo after the start sound's fit (1.06 and 0.62 s in):
+    # the line, drawn from the reply's first 30 frames of echo alone, stood at its lowest (-35 dB)
+    # while the fit left the sound's echo 36 dB down, and the reply's leak rose to -32 dB as its
+    # reverberation built up. The line now stays over what the fit left (START_LEAK_MARGIN_DB).
+    reply, rate = read_wav(REPLIES_DIR / name)
+    assert rate == RATE
+    settings = EchoRoomSettings(delay_ms=50, rt60_ms=500, seed=3)
+    stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    assert self_interruption_s(settings, reply.astype(np.float64), calibrate=True, stage=stage) is None, \
+        "the first reply paused on its own echo"
+    assert stage.calibration_result == {"played": True, "fit_installed": True}
+    assert stage.start_fit_leak_db is not None and min(stage.start_fit_leak_db) > -40.0, stage.start_fit_leak_db  # measured -36 / -37 dB
 
 
 def test_a_user_who_talks_over_the_start_sound_is_heard(room):

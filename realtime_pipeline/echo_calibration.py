@@ -63,7 +63,7 @@ CALIBRATION_MIN_FRAMES = 30
 #: sound's echo (:meth:`StartSoundFit.leak_db`). The line is drawn from the first reply's first 30
 #: frames of echo alone, before its reverberation has built up: in the reverberant room (50 ms,
 #: RT60 500 ms) the 250 ms FIR left the sound's echo 36 dB down (p90, speech band), the reply's
-#: first 30 frames 43 dB, so the line sat at its lowest (-35 dB) and the reply's leak reached
+#: first 30 frames 43 dB, so the line sat at its lowest point (then -35 dB) and the reply's leak reached
 #: -32 dB a second in and paused it (``benchmarks.first_reply --rooms 1`` on 64 cached Piper
 #: replies: 2 paused with the line over the sound's leak by 0 or 2 dB, none with 4 or 6 dB). In the
 #: issue's room and the 180 ms one the fit left 54-55 dB, so the line's own lowest point binds.

@@ -45,7 +45,8 @@ def self_interruption_s(room: EchoRoomSettings, reply: np.ndarray, *, calibrate:
     conversation's: ``min_interruption_while_speaking_ms`` while the stage says its echo may get
     through (``EchoCancellation.echo_unprotected``; not without ``guard``), else ``min_interruption_ms``.
     ``stage``: a fresh echo stage to run (to look into afterwards), else one is made."""
-    stage = stage or EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
+    if stage is None:
+        stage = EchoCancellation(MemoryOutput(RATE), canceller=EchoCanceller())
     sound = stage.start_calibration(RATE).astype(np.float64) if calibrate else np.zeros(0)
     reply_start = len(user) + RATE if user is not None else len(sound) + RATE // 2
     far = np.zeros(max(reply_start, len(sound)) + REPLY_S * RATE)

@@ -275,12 +275,14 @@ def band_level_db(samples: np.ndarray, *, band_hz: tuple[int, int] = SPEECH_BAND
 #: (history 150 frames; with 500 the threshold lagged the filter's convergence: p95 444 ms);
 #: with the confirmation below 100/215 ms (clean speech: 60/80 ms; AEC3 alone 440/745 ms).
 #: 4 dB since stop 35 (6 before; stop 34 had it and withdrew it with the fit), with the veto's
-#: bypass at 6 dB: the start sound's one fit (:class:`~.echo_calibration.StartSoundFit`) leaves the first replies' echo 55 dB down instead of
-#: 28, so the line no longer has a half-learnt filter's leak to sit over. Live (eight barge-in seeds,
-#: the issue's room) p50 / p95 105 / 164 ms against 105 / 203 at 6 dB with the fit and 108 / 297
-#: before it (stop 34's runs), no self-interruption; the two-turn echo-room run of ``tests/test_benchmark_smoke.py``
-#: (a session's first two replies) paused on its echo in 0 of 20 runs. In stop 33, without the fit,
-#: 4 dB paused it in 5 of 20 and was withdrawn (docs/echo.md, "One fit on the whole start sound").
+#: bypass at 6 dB: the start sound's one fit (:class:`~.echo_calibration.StartSoundFit`) leaves the
+#: first replies' echo 55 dB down instead of 28, so the line no longer has a half-learnt filter's
+#: leak to sit over. Live (eight barge-in seeds, the issue's room; stop 34's runs, lowest point
+#: -35 dB) p50 / p95 105 / 164 ms against 105 / 203 at 6 dB with the fit and 108 / 297 before it, no
+#: self-interruption; with the lowest point at -40 (stop 35) 103 / 123 and 103 / 124 ms in two runs.
+#: The two-turn echo-room run of ``tests/test_benchmark_smoke.py`` (a session's first two replies)
+#: paused on its echo in 0 of 20 runs (both stops). In stop 33, without the fit, 4 dB paused it in
+#: 5 of 20 and was withdrawn (docs/echo.md, "One fit on the whole start sound").
 NEAR_END_MARGIN_DB = 4.0
 NEAR_END_PERCENTILE = 90.0
 NEAR_END_HISTORY_FRAMES = 150
@@ -314,7 +316,8 @@ AEC_FLOOR_MARGIN_DB = 1.0
 #: (960 attempts) and barge-in p95 160-409 ms against 247-444 ms (docs/echo.md, "Two paths"). 6 dB
 #: since stop 35, with the line at 4 dB (:data:`NEAR_END_MARGIN_DB`): the veto still holds the
 #: residual up to the same height over the echo alone's p90 (10 dB), and the simulator paused no reply
-#: on its echo in 1056 attempts (p95 118-161 ms against 159-409 before).
+#: on its echo in 1056 attempts (stop 34's replies: p95 118-161 ms against 159-409 before; stop 35's,
+#: with the -40 dB lowest point and the fit's leak floor: 120-190 ms, none paused either).
 AEC_FLOOR_BYPASS_DB = 6.0
 
 

@@ -26,8 +26,9 @@ room; after a user's first turn, spoken over the sound or not, 9 of 96 against 1
 
 :class:`CalibrationSchedule` says, frame by frame on the microphone's clock, when the sound and
 its echo are over (the stage then fits them). A user who talks over it is heard only if louder
-than its echo (the stage is half duplex meanwhile); a fit on the sound with a voice over it did not beat the filter in the case measured
-(tests/test_echo_real.py), and the session then learns from the replies, as without it.
+than its echo (the stage is half duplex meanwhile); a fit on the sound with a voice over it did
+not beat the filter in the case measured (tests/test_echo_real.py), and the session then learns
+from the replies, as without it.
 """
 
 from __future__ import annotations

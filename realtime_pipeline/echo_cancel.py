@@ -611,8 +611,8 @@ class EchoCancellation(_ReferenceStage):
             # 8 sessions, --long-every 3: the first two interruptions' median 141 ms against 200 ms
             # when kept, replies paused on their own echo 2 either way); from as many frames as
             # without the sound if no fit was installed (a user spoke over it): the filter is the NLMS's
-            # the fit's leak on the sound keeps the line up until the reply's reverberation has built up
-            # (echo_calibration.START_LEAK_MARGIN_DB)
+            # and never under what the fit left of the sound's echo, for as long as that filter runs: a
+            # reply's first frames understate a reverberant room's leak (echo_calibration.START_LEAK_MARGIN_DB)
             for band, detector in enumerate(self._detectors()):
                 floor_db = None if leaks_db is None else leaks_db[band] + START_LEAK_MARGIN_DB
                 detector.relearn(FIT_DETECTOR_FRAMES if installed else detector.min_frames, leak_floor_db=floor_db)
